@@ -1,0 +1,50 @@
+"""Helpers shared by the CLI, registry and Hub tests: fake adapter folders, a pre-filled offline Hub cache,
+and running the ``spai-svd`` console command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SPAI_SVD = Path(sys.executable).with_name("spai-svd")
+
+
+def write_adapter_metadata(
+    folder: Path, *, generator: str, threshold: float | None, fingerprint: str = "fp-test", auc: float = 0.9
+) -> Path:
+    """Write the side files training leaves in an adapter folder (metrics + arguments) and a minimal config
+    when the folder has none yet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "adapter_config.json"
+    if not config.exists():
+        config.write_text(json.dumps({"peft_type": "SVD_RESIDUAL", "base_model_name_or_path": "/somewhere/base",
+                                      "base_fingerprint": fingerprint}))
+    metrics = {"roc_auc": auc, "accuracy": 0.75}
+    if threshold is not None:
+        metrics["threshold"] = threshold
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "training_args.json").write_text(json.dumps({"generator": generator, "data": "data/train.csv"}))
+    return folder
+
+
+def fill_hub_cache(hub_cache: Path, repo_id: str, source: Path, revision: str = "0" * 40) -> Path:
+    """Place ``source``'s files in the huggingface_hub cache layout (models--ns--name/snapshots/<rev> + refs/main),
+    as a previous online download would have left them; returns the snapshot folder."""
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(source, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def run_cli(*args: str | os.PathLike, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``spai-svd`` console script offline and capture its output."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    return subprocess.run([str(SPAI_SVD), *map(str, args)], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=timeout)
