@@ -29,20 +29,21 @@ def attention_mask(
 ) -> np.ndarray:
     """Per-pixel attention for an image of ``size`` = (height, width), as float32 (height, width).
 
-    ``boxes`` are (top, left, bottom, right) patch rectangles in image pixels (clipped to the image); a pixel
+    ``boxes`` are (top, left, size) square patches in image pixels, as the model reports them (clipped to the
+    image, so boxes of a padded small image may start at negative offsets); a pixel
     covered by several patches (the five-crop fallback for small images) gets their mean weight, and a pixel no
     patch covers (the strip past the last full patch) gets 0.
     """
     height, width = size
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 3)
     weights = np.asarray(weights, dtype=np.float64).reshape(-1)
     if len(boxes) != len(weights):
         raise ValueError(f"got {len(boxes)} patch boxes but {len(weights)} attention weights")
     total = np.zeros((height, width), dtype=np.float64)
     count = np.zeros((height, width), dtype=np.int64)
-    for (top, left, bottom, right), weight in zip(boxes, weights):
+    for (top, left, side), weight in zip(boxes, weights):
+        bottom, right = min(int(top + side), height), min(int(left + side), width)
         top, left = max(int(top), 0), max(int(left), 0)
-        bottom, right = min(int(bottom), height), min(int(right), width)
         if top < bottom and left < right:
             total[top:bottom, left:right] += weight
             count[top:bottom, left:right] += 1

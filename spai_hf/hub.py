@@ -8,6 +8,7 @@ like a local one once `fetch_adapter` has resolved it to the local cache.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -116,9 +117,12 @@ class AdapterInfo:
 
     @property
     def base_fingerprint(self) -> str | None:
-        """Fingerprint of the base weights the adapter was trained on (checked by PEFT when loading)."""
+        """Short digest of the base-weight fingerprint PEFT checks when loading: equal digests, same base."""
         value = self.config.get("base_fingerprint")
-        return str(value) if value else None
+        if not value:
+            return None
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]
 
     @property
     def base_model(self) -> str | None:

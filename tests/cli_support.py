@@ -14,7 +14,7 @@ SPAI_SVD = Path(sys.executable).with_name("spai-svd")
 
 
 def write_adapter_metadata(
-    folder: Path, *, generator: str, threshold: float | None, fingerprint: str = "fp-test", auc: float = 0.9
+    folder: Path, *, generator: str, threshold: float | None, fingerprint: str = "test-base", auc: float = 0.9
 ) -> Path:
     """Write the side files training leaves in an adapter folder (metrics + arguments) and a minimal config
     when the folder has none yet."""
@@ -22,7 +22,7 @@ def write_adapter_metadata(
     config = folder / "adapter_config.json"
     if not config.exists():
         config.write_text(json.dumps({"peft_type": "SVD_RESIDUAL", "base_model_name_or_path": "/somewhere/base",
-                                      "base_fingerprint": fingerprint}))
+                                      "base_fingerprint": {"layer.q_proj": {"shape": [4, 4], "sample": [0.5], "base": fingerprint}}}))
     metrics = {"roc_auc": auc, "accuracy": 0.75}
     if threshold is not None:
         metrics["threshold"] = threshold

@@ -22,8 +22,18 @@ def adapter_dir(tmp_path):
 def test_read_adapter_info_from_folder(adapter_dir):
     info = hub.read_adapter_info(adapter_dir)
     assert info.path == adapter_dir
-    assert (info.generator, info.threshold, info.base_fingerprint) == ("SDXL 1.0", 0.37, "fp-a")
+    assert (info.generator, info.threshold) == ("SDXL 1.0", 0.37)
     assert info.validation_metrics == {"roc_auc": 0.9, "accuracy": 0.75}
+
+
+def test_base_fingerprint_digest_identifies_the_base(tmp_path):
+    def digest(name, base):
+        return hub.read_adapter_info(write_adapter_metadata(tmp_path / name, generator="g", threshold=None,
+                                                            fingerprint=base)).base_fingerprint
+
+    same_a, same_b, other = digest("a", "base-1"), digest("b", "base-1"), digest("c", "base-2")
+    assert len(same_a) == 16 and int(same_a, 16) >= 0
+    assert same_a == same_b != other
 
 
 def test_folder_without_config_is_not_an_adapter(tmp_path):
