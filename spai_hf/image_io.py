@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
     "ImageLoadError",
+    "check_image",
     "find_images",
     "load_image",
 ]
@@ -59,18 +60,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open ``path`` fully decoded as an 8-bit RGB image, or raise `ImageLoadError`.
-
-    ``max_pixels`` bounds width x height (``None`` disables the check); larger images are refused before decoding.
-    The pixels are decoded inside the guarded block, so truncated files fail here rather than later.
-    """
+def _open_guarded(path: str | os.PathLike, max_pixels: int | None, decode: bool) -> Image.Image | None:
+    """Open ``path`` with size limit and error mapping; return the RGB image if ``decode`` else only verify it."""
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, "no such file" if not path.exists() else "not a regular file")
     try:
         with warnings.catch_warnings():
-            # PIL warns (DecompressionBombWarning) between the limit and twice the limit; we enforce our own limit.
+            # PIL warns (DecompressionBombWarning) between its limit and twice it; we enforce our own limit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
@@ -80,6 +77,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
                         f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                         "(possible decompression bomb; raise max_pixels if the image is trusted)",
                     )
+                if not decode:
+                    image.verify()
+                    return None
                 image.load()
                 return _to_rgb(image)
     except ImageLoadError:
@@ -90,6 +90,27 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
         raise ImageLoadError(path, f"refused as a possible decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(path, f"corrupt or truncated image data ({type(error).__name__}: {error})") from None
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open ``path`` fully decoded as an 8-bit RGB image, or raise `ImageLoadError`.
+
+    ``max_pixels`` bounds width x height (``None`` disables the check); larger images are refused before decoding.
+    The pixels are decoded inside the guarded block, so truncated files fail here rather than later.
+    """
+    return _open_guarded(path, max_pixels, decode=True)
+
+
+def check_image(
+    path: str | os.PathLike, decode: bool = False, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> None:
+    """Raise `ImageLoadError` if ``path`` is not a loadable image.
+
+    By default only the header and the file structure are checked (PIL's ``verify``: fast, catches non-images and
+    most corruption, e.g. PNG checksum errors); ``decode=True`` decodes every pixel, which also catches truncated
+    JPEGs, at the cost of a full decode.
+    """
+    _open_guarded(path, max_pixels, decode=decode)
 
 
 def _is_image_file(path: Path) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spai_hf.image_io import IMAGE_EXTENSIONS, ImageLoadError, find_images, load_image
+from spai_hf.image_io import IMAGE_EXTENSIONS, ImageLoadError, check_image, find_images, load_image
 
 
 def _rgb_array(height: int = 20, width: int = 30, seed: int = 0) -> np.ndarray:
@@ -106,3 +106,17 @@ def test_find_images_bad_folder(tmp_path):
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(NotADirectoryError):
         find_images(tmp_path / "file.png")
+
+
+def test_check_image_header_and_full(tmp_path):
+    Image.fromarray(_rgb_array(64, 64)).save(tmp_path / "ok.png")
+    check_image(tmp_path / "ok.png")
+    check_image(tmp_path / "ok.png", decode=True)
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    for decode in (False, True):
+        with pytest.raises(ImageLoadError):
+            check_image(tmp_path / "cut.png", decode=decode)
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(ImageLoadError, match="unrecognised"):
+        check_image(tmp_path / "text.jpg")
