@@ -19,12 +19,12 @@ import csv
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_open
 from .image_io import ImageLoadError, check_image, find_images
 
 __all__ = ["SPLIT_NAMES", "MakeCsvError", "MakeCsvResult", "build_parser", "main", "make_csv", "parse_split"]
@@ -122,19 +122,10 @@ def _format_path(path: Path, root: Path | None) -> str:
 
 
 def _write_atomic(output: Path, header: list[str], rows: list[list[str]]) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", newline="", encoding="utf-8", dir=output.parent, prefix=f".{output.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(handle.name, output)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_open(output, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def make_csv(
