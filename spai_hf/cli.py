@@ -92,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(infer)
     infer.add_argument(
         "--adapter",
-        action="extend",
-        nargs="+",
+        action="append",
         default=[],
         metavar="NAME_OR_PATH",
-        help="adapter(s): registered name, folder or Hub id; repeatable. All score each batch together.",
+        help="adapter: registered name, folder or Hub id; repeat the flag for several (all score each batch "
+        "together)",
     )
     infer.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive), globs or CSVs")
     infer.add_argument("--output", required=True, help="output CSV path (written atomically at the end)")
@@ -196,16 +196,62 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_infer(args: argparse.Namespace) -> int:
-    from .inference import run_infer
+def _load_scorer(args: argparse.Namespace, adapter_refs: Sequence[str], include_base: bool):
+    """Resolve ``adapter_refs`` through the registry and load them with the base model onto the device."""
+    from .inference import MultiAdapterScorer
+    from .registry import AdapterRegistry
 
-    return run_infer(args)
+    registry = AdapterRegistry(args.registry)
+    adapters = [registry.resolve(ref) for ref in adapter_refs]
+    return MultiAdapterScorer.from_pretrained(
+        args.base,
+        adapters,
+        include_base=include_base,
+        device=args.device,
+        max_patches_per_forward=args.max_patches_per_forward,
+    )
+
+
+def _score(args: argparse.Namespace, scorer, paths, heatmaps: str | None = None):
+    from .inference import score_images
+
+    return score_images(
+        paths,
+        scorer,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        max_pixels=args.max_pixels,
+        heatmap_dir=heatmaps,
+        progress=not args.no_progress,
+    )
+
+
+def _report_failures(results, limit: int = 20) -> None:
+    """Summary of unreadable / unscorable images on stderr."""
+    failed = [result for result in results if result.error]
+    print(f"scored {len(results) - len(failed)} of {len(results)} image(s); {len(failed)} failed", file=sys.stderr)
+    for result in failed[:limit]:
+        print(f"  {result.path}: {result.error}", file=sys.stderr)
+    if len(failed) > limit:
+        print(f"  ... and {len(failed) - limit} more (see the error column)", file=sys.stderr)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .inference import collect_inputs, write_predictions
+
+    paths = collect_inputs(args.inputs, args.csv_root)
+    if not paths:
+        raise ValueError("the inputs name no image")
+    scorer = _load_scorer(args, args.adapter, include_base=True)
+    results = _score(args, scorer, paths, args.heatmaps)
+    write_predictions(args.output, results, scorer.columns)
+    print(f"wrote {len(results)} row(s) to {args.output}", file=sys.stderr)
+    _report_failures(results)
+    return 0
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from .evaluation import run_test
-
-    return run_test(args)
+    raise NotImplementedError
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -209,7 +209,7 @@ def _card_body(info: AdapterInfo, repo_id: str, base_model: str) -> str:
 def build_model_card(info: AdapterInfo, repo_id: str, base_model: str | None = None) -> ModelCard:
     """Model card for ``info`` with the metadata the Hub uses to link an adapter to its base model."""
     base_model = base_model or info.base_model
-    if not base_model or not is_hub_id(base_model):
+    if not base_model or not is_hub_id(base_model) or Path(base_model).exists():
         raise ValueError(
             f"the base model recorded in the adapter ({info.base_model!r}) is not a Hub repository id; "
             "pass the Hub id of the base model explicitly (--base-model)"
@@ -242,6 +242,11 @@ def _upload_files(folder: Path) -> list[str]:
     return list(filter_repo_objects(relative, ignore_patterns=UPLOAD_IGNORE + DEFAULT_IGNORE_PATTERNS))
 
 
+def _replaceable_card(text: str) -> bool:
+    """A README we may overwrite: our own card, or the unfilled template PEFT's ``save_pretrained`` leaves."""
+    return CARD_MARKER in text or ("# Model Card for Model ID" in text and "[More Information Needed]" in text)
+
+
 def push_adapter(
     adapter_dir: str | os.PathLike,
     repo_id: str,
@@ -261,7 +266,7 @@ def push_adapter(
         raise AdapterNotFoundError(f"{str(folder)!r} holds no {ADAPTER_CONFIG_FILE}; not an adapter folder")
     validate_repo_id(repo_id)
     card_path = folder / CARD_FILE
-    if card_path.exists() and CARD_MARKER not in card_path.read_text(encoding="utf-8", errors="replace"):
+    if card_path.exists() and not _replaceable_card(card_path.read_text(encoding="utf-8", errors="replace")):
         raise FileExistsError(f"{str(card_path)!r} exists and was not written by spai-svd; move it away first")
     card = build_model_card(read_adapter_info(folder), repo_id, base_model)
     atomic_write_text(card_path, str(card))
