@@ -251,7 +251,42 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from pathlib import Path
+
+    from .evaluation import DEFAULT_THRESHOLD, TABLE_METRICS, group_metrics, load_labelled, write_test_outputs
+
+    splits = None if args.split and "all" in args.split else (args.split or ["test"])
+    rows = load_labelled(args.data, splits, args.csv_root)
+    scorer = _load_scorer(args, [args.adapter] if args.adapter else [], include_base=args.adapter is None)
+    column = scorer.columns[0]
+    threshold = next(t for t in (args.threshold, column.threshold, DEFAULT_THRESHOLD) if t is not None)
+    unique = list(dict.fromkeys(Path(row.path) for row in rows))  # an image listed in several splits is scored once
+    by_path = dict(zip(unique, _score(args, scorer, unique)))
+    results = [by_path[Path(row.path)] for row in rows]
+    report = group_metrics(rows, results, column.name, threshold)
+    model = {"base": args.base, "adapter": args.adapter, "column": column.name}
+    predictions, metrics = write_test_outputs(args.output, rows, results, column.name, threshold, report, model)
+    print(f"model: {args.adapter or 'base'} on {args.base}; threshold {threshold:.4f}")
+    _print_table(
+        ["split", "generator", "n", "failed", *TABLE_METRICS],
+        [
+            [
+                entry["split"],
+                entry["generator"] or "(all)",
+                str(entry["metrics"]["num_samples"] if entry["metrics"] else 0),
+                str(entry["num_failed"]),
+                *(_fmt(entry["metrics"][name]) if entry["metrics"] else "-" for name in TABLE_METRICS),
+            ]
+            for entry in report
+        ],
+    )
+    print(f"predictions: {predictions}\nmetrics: {metrics}")
+    _report_failures(results)
+    return 0
+
+
+def _fmt(value: float) -> str:
+    return "-" if value != value else f"{value:.4f}"  # NaN (undefined metric) shows as "-"
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
