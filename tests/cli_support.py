@@ -23,11 +23,14 @@ def write_adapter_metadata(
     if not config.exists():
         config.write_text(json.dumps({"peft_type": "SVD_RESIDUAL", "base_model_name_or_path": "/somewhere/base",
                                       "base_fingerprint": {"layer.q_proj": {"shape": [4, 4], "sample": [0.5], "base": fingerprint}}}))
-    metrics = {"roc_auc": auc, "accuracy": 0.75}
+    validation = {"roc_auc": auc, "accuracy": 0.75, "runtime": 1.5}  # the layout spai_hf.training writes
+    metrics = {"generator": generator, "split": "val", "metrics": validation}
     if threshold is not None:
-        metrics["threshold"] = threshold
+        metrics["threshold"] = validation["threshold"] = threshold
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "training_args.json").write_text(json.dumps({"generator": generator, "data": "data/train.csv"}))
+    (folder / "training_args.json").write_text(
+        json.dumps({"generator": generator, "data": "data/train.csv", "train_rows": 120, "lr": 5e-4})
+    )
     return folder
 
 
