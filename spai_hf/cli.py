@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -136,8 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_forwarded(name: str, argv: list[str]) -> int:
+    """Hand ``argv`` to the library's ``main(argv[, prog])``, naming the program ``spai-svd NAME`` in its usage."""
     module_name, _ = FORWARDED[name]
-    entry: Callable[[list[str]], int | None] = importlib.import_module(module_name).main
+    entry: Callable[..., int | None] = importlib.import_module(module_name).main
+    if "prog" in inspect.signature(entry).parameters:
+        return int(entry(argv, prog=f"spai-svd {name}") or 0)
     return int(entry(argv) or 0)
 
 
