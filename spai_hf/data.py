@@ -10,7 +10,7 @@ Training transform (SPAI's training inputs are single S x S patches, SPAI_SPEC.m
 vertical flips, then optional Gaussian blur, JPEG re-compression and Gaussian noise, each with its own probability.
 All randomness comes from a `torch.Generator` seeded by (seed, epoch, row), so a sample's augmentation does not
 depend on worker count, process count or resumption. Evaluation feeds whole images at their own resolution through
-`SpaiImageProcessor`; the eval collator therefore returns a list of (3, H, W) tensors.
+`SpaiImageProcessor`; `collate` therefore stacks equal-sized images and keeps others in a list.
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ __all__ = [
     "EvalTransform",
     "TrainTransform",
     "augment_image",
-    "collate_eval",
-    "collate_train",
+    "collate",
     "eval_dataset",
     "load_split",
     "train_dataset",
@@ -265,18 +264,13 @@ def eval_dataset(split: datasets.Dataset, processor: SpaiImageProcessor) -> data
     return split.with_transform(EvalTransform(processor))
 
 
-def collate_train(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack the equally sized crops: ``labels`` (B,) and ``pixel_values`` (B, 3, S, S)."""
+def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch ``labels`` (B,) and ``pixel_values``: stacked to (B, 3, H, W) when all images share one size (training
+    crops always do), otherwise a list of (3, H, W) tensors (whole validation images); the model takes both."""
+    pixel_values = [f["pixel_values"] for f in features]
+    same_size = len({tuple(p.shape) for p in pixel_values}) == 1
     return {
-        # ``labels`` first: Trainer infers the batch size from the first tensor of the batch.
+        # ``labels`` first: Trainer infers the batch size from the first tensor it finds in the batch.
         "labels": torch.tensor([f["labels"] for f in features], dtype=torch.float32),
-        "pixel_values": torch.stack([f["pixel_values"] for f in features]),
-    }
-
-
-def collate_eval(features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Keep images of different sizes apart: ``labels`` (B,) and ``pixel_values`` as a list of (3, H, W)."""
-    return {
-        "labels": torch.tensor([f["labels"] for f in features], dtype=torch.float32),
-        "pixel_values": [f["pixel_values"] for f in features],
+        "pixel_values": torch.stack(pixel_values) if same_size else pixel_values,
     }

@@ -14,8 +14,7 @@ from spai_hf.data import (
     CsvValidationError,
     TrainTransform,
     augment_image,
-    collate_eval,
-    collate_train,
+    collate,
     eval_dataset,
     load_split,
     train_dataset,
@@ -197,15 +196,15 @@ def test_train_transform_seeding_per_row_and_epoch(tmp_path, image_dir):
     other_seed = train_dataset(load_split(csv_path, "train"), TrainTransform(S, AugmentationConfig(), seed=8))
     assert not torch.equal(other_seed[4]["pixel_values"], first[4])
 
-    collated = collate_train([dataset[i] for i in range(6)])
+    collated = collate([dataset[i] for i in range(6)])
     assert list(collated) == ["labels", "pixel_values"]
     assert collated["pixel_values"].shape == (6, 3, S, S)
     assert collated["labels"].tolist() == [0, 1, 0, 1, 0, 1]
 
 
-def test_eval_collator_keeps_sizes(tmp_path, image_dir):
+def test_collate_keeps_different_sizes_apart(tmp_path, image_dir):
     csv_path = _write_csv(tmp_path / "d.csv", [f"imgs/{i}.png,val,{i % 2}" for i in range(3)])
     dataset = eval_dataset(load_split(csv_path, "val"), SpaiImageProcessor(patch_size=S))
-    batch = collate_eval([dataset[i] for i in range(3)])
+    batch = collate([dataset[i] for i in range(3)])
     assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 40, 50), (3, 32, 70), (3, 64, 64)]
     assert batch["labels"].tolist() == [0, 1, 0]
