@@ -159,6 +159,24 @@ def test_save_and_load_round_trip_without_svd(tmp_path, monkeypatch):
     loaded.load_adapter(tmp_path, adapter_name="again")
     loaded.set_adapter("again")
     torch.testing.assert_close(hidden(loaded, x), trained, rtol=0, atol=0)
+    # PEFT's meta-device loading path
+    lean = PeftModel.from_pretrained(tiny_clip(), tmp_path, low_cpu_mem_usage=True)
+    torch.testing.assert_close(hidden(lean, x), trained)
+
+
+def test_adapter_never_loaded_is_decomposed_at_first_use_or_save(tmp_path):
+    get_peft_model(tiny_clip(), SVDResidualConfig()).save_pretrained(tmp_path / "made")
+    config = SVDResidualConfig.from_pretrained(tmp_path / "made")  # carries a fingerprint, so tensors are awaited
+    base = tiny_clip()
+    model = get_peft_model(base, config)
+    layer = next(m for m in model.modules() if isinstance(m, SVDResidualLayer))
+    assert layer.svd_S["default"].abs().sum() == 0  # nothing decomposed yet
+    model.save_pretrained(tmp_path / "again")
+    saved = load_file(tmp_path / "again" / "adapter_model.safetensors")
+    original = load_file(tmp_path / "made" / "adapter_model.safetensors")
+    assert saved.keys() == original.keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key].abs(), original[key].abs())  # singular vectors up to sign
 
 
 def test_fingerprint_mismatch_is_refused_before_touching_the_model(tmp_path):
