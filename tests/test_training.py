@@ -63,6 +63,15 @@ def setup(tmp_path_factory):
     return _tiny_base(root / "base"), _dataset(root)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on a 2-core machine (several-fold slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _args(base: Path, csv: Path, output: Path, *extra: str) -> list[str]:
     return [
         "--base", str(base), "--data", str(csv), "--output-dir", str(output), "--residual-rank", "4",
@@ -120,7 +129,7 @@ def test_two_process_cpu_training(setup, tmp_path):
     assert trained and any(not torch.equal(v, weights[k + "0"]) for k, v in trained.items())
 
 
-def test_resume_matches_uninterrupted_run(setup, tmp_path):
+def test_resume_matches_uninterrupted_run(setup, tmp_path, one_thread):
     base, csv = setup
     common = ("--max-steps", "8", "--eval-steps", "4", "--logging-steps", "2", "--lr", "0.02", "--train-head")
     assert main(_args(base, csv, tmp_path / "straight", *common)) == 0
