@@ -7,8 +7,9 @@ V_res)`` and, frozen, the initial residual factors ``(U0, S0, V0)`` they were ta
     L = [U_res diag(S_res) | -U0 diag(S0)],  R = [V_res | V0]   (rank <= 2k).
 
 The base weight is never modified unless merged, so the forward adds the rank-2k correction ``x R L^T`` to the base
-output (as two thin paths, exactly zero at initialisation) and the residual matrix is never materialised. The file stores both factor sets, so loading needs no SVD.
-The layer knows nothing of the model; the tuner model (``model.py``) decides when to decompose and how to route rows.
+output (as two thin paths, exactly zero at initialisation) and the residual matrix is never materialised. A saved
+adapter holds both factor sets, so loading it needs no SVD. The layer knows nothing of the model; the tuner model
+(``model.py``) decides when to decompose and how to route rows.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class SVDResidualLayer(BaseTunerLayer):
     adapter_layer_names = ("svd_U", "svd_S", "svd_V")
     other_param_names = ("svd_U0", "svd_S0", "svd_V0")
 
-    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, base_layer: nn.Module) -> None:
         self.base_layer = base_layer
         self.svd_U = nn.ParameterDict()
         self.svd_S = nn.ParameterDict()
@@ -48,7 +49,6 @@ class SVDResidualLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self.out_features, self.in_features = base_layer.weight.shape
-        self.kwargs = kwargs
 
     def update_layer(self, adapter_name: str, residual_rank: int) -> None:
         """Allocate (uninitialised) factors of a new adapter; they are filled by an SVD or by loading a file."""
@@ -108,13 +108,13 @@ class SVDResidualLayer(BaseTunerLayer):
     # ------------------------------------------------------------------ weights
     def delta_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L, R)`` with ``W_adapted - W = L @ R.T``; shapes ``(out, 2k)`` and ``(in, 2k)``."""
+        u, s, v, u0, s0, v0 = self._factors(adapter_name)
+        return torch.cat([u * s, -(u0 * s0)], dim=1), torch.cat([v, v0], dim=1)
+
+    def _factors(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """``(U, S, V, U0, S0, V0)`` of an adapter, decomposing the base first if it was never initialised."""
         self.ensure_initialised(adapter_name)
-        left = torch.cat(
-            [self.svd_U[adapter_name] * self.svd_S[adapter_name], -(self.svd_U0[adapter_name] * self.svd_S0[adapter_name])],
-            dim=1,
-        )
-        right = torch.cat([self.svd_V[adapter_name], self.svd_V0[adapter_name]], dim=1)
-        return left, right
+        return tuple(getattr(self, name)[adapter_name] for name in self.adapter_layer_names + self.other_param_names)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense weight change of one adapter (materialised only for merging)."""
@@ -192,9 +192,9 @@ class SVDResidualLayer(BaseTunerLayer):
 class Linear(nn.Module, SVDResidualLayer):
     """SVD residual adapter around an ``nn.Linear``."""
 
-    def __init__(self, base_layer: nn.Linear, adapter_name: str, residual_rank: int, **kwargs: Any) -> None:
+    def __init__(self, base_layer: nn.Linear, adapter_name: str, residual_rank: int) -> None:
         super().__init__()
-        SVDResidualLayer.__init__(self, base_layer, **kwargs)
+        SVDResidualLayer.__init__(self, base_layer)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, residual_rank)
 
@@ -204,11 +204,9 @@ class Linear(nn.Module, SVDResidualLayer):
 
     def _correction(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``x (V S U^T - V0 S0 U0^T)`` as two thin paths: exactly zero while the factors equal their initial values."""
-        self.ensure_initialised(adapter_name)
-        x = x.to(self.svd_U[adapter_name].dtype)
-        trained = F.linear(F.linear(x, self.svd_V[adapter_name].T) * self.svd_S[adapter_name], self.svd_U[adapter_name])
-        initial = F.linear(F.linear(x, self.svd_V0[adapter_name].T) * self.svd_S0[adapter_name], self.svd_U0[adapter_name])
-        return trained - initial
+        u, s, v, u0, s0, v0 = self._factors(adapter_name)
+        x = x.to(u.dtype)
+        return F.linear(F.linear(x, v.T) * s, u) - F.linear(F.linear(x, v0.T) * s0, u0)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         if self.disable_adapters:
