@@ -8,7 +8,6 @@ original view's projection (original-image branch) make the patch vector [6N sim
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -84,10 +83,13 @@ class SpaiFrequencyRestorationEstimator(nn.Module):
         Similarity stats: mean and unbiased std over tokens of cos(o, l), cos(o, h), cos(l, h), in that order.
         Always float32, also when the projectors ran in bfloat16.
         """
-        original, low, high = projected.float().unbind(0)
+        projected = projected.float()
+        original, low, high = projected.unbind(0)
+        norms = torch.linalg.vector_norm(projected, dim=-1)  # each view's norms once, not once per pair
         similarity_stats = []
-        for first, second in ((original, low), (original, high), (low, high)):
-            cosine = F.cosine_similarity(first, second, dim=-1, eps=1e-8)
+        for (a, b), first, second in (((0, 1), original, low), ((0, 2), original, high), ((1, 2), low, high)):
+            # cosine similarity as torch defines it: x.y / max(|x| |y|, eps), eps = 1e-8
+            cosine = torch.linalg.vecdot(first, second) / (norms[a] * norms[b]).clamp_min(1e-8)
             similarity_stats.extend(mean_and_std(cosine))
         return torch.stack(similarity_stats, dim=-1), torch.cat(mean_and_std(original), dim=-1)
 

@@ -25,7 +25,7 @@ from .backbone_features import build_backbone, iter_layer_features
 from .classification_head import SpaiClassificationHead
 from .configuration_spai import SpaiConfig
 from .frequency_restoration import SpaiFrequencyRestorationEstimator, SpaiOriginalImageBranch
-from .patching import PatchLayout, boxes_tensor, crop_patches, layout_patches
+from .patching import PatchLayout, boxes_tensor, crop_patch, layout_patches
 from .spectral_context_attention import SpaiSpectralContextAttention
 from .spectral_filter import SpaiSpectralFilter, build_frequency_mask
 
@@ -203,9 +203,8 @@ class SpaiForImageClassification(SpaiPreTrainedModel):
         for start in range(0, total, per_call):
             pair = torch.arange(start, min(start + per_call, total))
             first, last = start // repeat, (int(pair[-1]) // repeat) + 1
-            patches = torch.cat(
-                [crop_patches(images[b], [box], self.config.patch_size) for b, box in units[first:last]]
-            ).to(device)
+            size = self.config.patch_size
+            patches = torch.stack([crop_patch(images[b], box, size) for b, box in units[first:last]]).to(device)
             views = self.spectral_filter(patches)
             if repeat > 1:
                 views = views[:, (pair // repeat - first).to(device)]

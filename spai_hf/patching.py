@@ -56,9 +56,15 @@ def layout_patches(height: int, width: int, size: int, stride: int, minimum_patc
     return PatchLayout(tuple(boxes), tuple(first_seen), tuple(index), size, five_crop)
 
 
+def crop_patch(image: torch.Tensor, box: tuple[int, int], size: int) -> torch.Tensor:
+    """The (3, S, S) view of a (3, H, W) image at top-left corner ``box`` (no copy)."""
+    top, left = box
+    return image[:, top : top + size, left : left + size]
+
+
 def crop_patches(image: torch.Tensor, boxes: list[tuple[int, int]], size: int) -> torch.Tensor:
     """Stack the S x S crops of a (3, H, W) image at the given top-left corners -> (n, 3, S, S)."""
-    return torch.stack([image[:, top : top + size, left : left + size] for top, left in boxes])
+    return torch.stack([crop_patch(image, box, size) for box in boxes])
 
 
 def boxes_tensor(layout: PatchLayout) -> torch.Tensor:

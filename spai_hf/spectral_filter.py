@@ -47,11 +47,16 @@ class SpaiSpectralFilter(nn.Module):
         self.std.copy_(torch.tensor(self.image_std).view(3, 1, 1))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """(n, 3, S, S) patches in [0, 1] -> (3, n, 3, S, S): normalised original, low-pass, high-pass."""
+        """(n, 3, S, S) patches in [0, 1] -> (3, n, 3, S, S): normalised original, low-pass, high-pass.
+
+        ``ifftshift(fftshift(X) * M)`` equals ``X * ifftshift(M)`` exactly (the shifts only permute bins), so the
+        mask is shifted instead of the spectrum.
+        """
         patches = patches.to(torch.float32)
-        spectrum = torch.fft.fftshift(torch.fft.fft2(patches), dim=(-2, -1))
-        mask = self.frequency_mask
-        low = torch.fft.ifft2(torch.fft.ifftshift(spectrum * mask, dim=(-2, -1))).real
-        high = torch.fft.ifft2(torch.fft.ifftshift(spectrum * (1 - mask), dim=(-2, -1))).real
-        views = torch.stack([patches, low.clamp(0, 1), high.clamp(0, 1)])
-        return (views - self.mean) / self.std
+        spectrum = torch.fft.fft2(patches)
+        low_pass = torch.fft.ifftshift(self.frequency_mask.float(), dim=(-2, -1))
+        views = torch.empty((3, *patches.shape), dtype=torch.float32, device=patches.device)
+        views[0] = patches
+        torch.clamp(torch.fft.ifft2(spectrum * low_pass).real, 0, 1, out=views[1])
+        torch.clamp(torch.fft.ifft2(spectrum * (1 - low_pass)).real, 0, 1, out=views[2])
+        return views.sub_(self.mean.float()).div_(self.std.float())
