@@ -16,6 +16,7 @@ Also prints the measured float32 / bfloat16 matrix-multiply rate and the GFLOP/s
 
     python benchmarks/infer_bench.py                      # all sizes, 3 timed runs each (median)
     python benchmarks/infer_bench.py --sizes 224x224 --repeats 1 --modes reference fast-fp32
+    python benchmarks/infer_bench.py --multi-adapter      # 1/4/8 adapters: mixed batches vs one at a time
 
 Functions are reusable: ``build_model``, ``make_image``, ``reference_forward``, ``patch_gflop``,
 ``matmul_gflops``, ``run_case`` (one configuration, in-process) and ``run_in_subprocess``.
@@ -187,6 +188,13 @@ def bf16_native() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def multi_adapter_section(repeats: int, threads: int) -> None:
+    """Scoring under several adapters at once vs in turn: see ``benchmarks/adapter_infer_bench.py``."""
+    from adapter_infer_bench import main as adapter_infer_main  # benchmarks/ is on sys.path when run as a script
+
+    adapter_infer_main(["--repeats", str(repeats), "--threads", str(threads)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -194,13 +202,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", nargs=3, metavar=("MODE", "SIZE", "REPEATS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--multi-adapter",
+        action="store_true",
+        help="instead: images/s scoring one image set under 1, 4 and 8 adapters, mixed-adapter batches vs one "
+        "adapter at a time (benchmarks/adapter_infer_bench.py, which has more options)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.multi_adapter:
+        multi_adapter_section(args.repeats, args.threads)
+        return
     if args.case:
         mode, size, repeats = args.case
         print(json.dumps(run_case(mode, size, int(repeats))))
         return
-    rates = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    rates = {"fp32": matmul_gflops(torch.float32), "bf16": float("nan")}
+    if "fast-bf16" in args.modes:  # without native bf16 kernels a single bf16 product can take a minute
+        rates["bf16"] = matmul_gflops(torch.bfloat16)
     results = []
     for size in args.sizes:
         for mode in args.modes:

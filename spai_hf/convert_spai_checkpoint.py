@@ -39,6 +39,8 @@ UNUSED_KEY_PATTERNS = tuple(
     )
 )
 
+_P, _B = re.escape(PROJECTORS), re.escape(BRANCH)
+_ESTIMATOR = "frequency_restoration."
 # One-to-one renames, original regex -> new name template.
 RENAMES = tuple(
     (re.compile(src), dst)
@@ -52,14 +54,14 @@ RENAMES = tuple(
         (r"mfvit\.vit\.blocks\.(\d+)\.attn\.q_bias", r"backbone.layers.\1.attention.q_proj.bias"),
         (r"mfvit\.vit\.blocks\.(\d+)\.attn\.v_bias", r"backbone.layers.\1.attention.v_proj.bias"),
         (r"mfvit\.vit\.blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"backbone.layers.\1.mlp.\2.\3"),
-        (PROJECTORS.replace(".", r"\.") + r"(\d+)\.norm1\.(weight|bias)", r"frequency_restoration.projectors.\1.norm_in.\2"),
-        (PROJECTORS.replace(".", r"\.") + r"(\d+)\.norm2\.(weight|bias)", r"frequency_restoration.projectors.\1.norm_out.\2"),
-        (PROJECTORS.replace(".", r"\.") + r"(\d+)\.projector\.1\.(weight|bias)", r"frequency_restoration.projectors.\1.fc1.\2"),
-        (PROJECTORS.replace(".", r"\.") + r"(\d+)\.projector\.4\.(weight|bias)", r"frequency_restoration.projectors.\1.fc2.\2"),
-        (BRANCH.replace(".", r"\.") + r"alpha", r"frequency_restoration.original_branch.alpha"),
-        (BRANCH.replace(".", r"\.") + r"(proj1|proj2)\.projector\.1\.(weight|bias)", r"frequency_restoration.original_branch.\1.fc1.\2"),
-        (BRANCH.replace(".", r"\.") + r"(proj1|proj2)\.projector\.4\.(weight|bias)", r"frequency_restoration.original_branch.\1.fc2.\2"),
-        (BRANCH.replace(".", r"\.") + r"(proj1|proj2)\.norm2\.(weight|bias)", r"frequency_restoration.original_branch.\1.norm_out.\2"),
+        (_P + r"(\d+)\.norm1\.(weight|bias)", _ESTIMATOR + r"projectors.\1.norm_in.\2"),
+        (_P + r"(\d+)\.norm2\.(weight|bias)", _ESTIMATOR + r"projectors.\1.norm_out.\2"),
+        (_P + r"(\d+)\.projector\.1\.(weight|bias)", _ESTIMATOR + r"projectors.\1.fc1.\2"),
+        (_P + r"(\d+)\.projector\.4\.(weight|bias)", _ESTIMATOR + r"projectors.\1.fc2.\2"),
+        (_B + r"alpha", _ESTIMATOR + "original_branch.alpha"),
+        (_B + r"(proj1|proj2)\.projector\.1\.(weight|bias)", _ESTIMATOR + r"original_branch.\1.fc1.\2"),
+        (_B + r"(proj1|proj2)\.projector\.4\.(weight|bias)", _ESTIMATOR + r"original_branch.\1.fc2.\2"),
+        (_B + r"(proj1|proj2)\.norm2\.(weight|bias)", _ESTIMATOR + r"original_branch.\1.norm_out.\2"),
         (r"patch_aggregator", r"spectral_context_attention.query"),
         (r"to_kv\.weight", r"spectral_context_attention.to_kv.weight"),
         (r"to_out\.0\.weight", r"spectral_context_attention.to_out.weight"),
@@ -93,8 +95,9 @@ def infer_config(
     feed the projectors when there are fewer projectors than layers (then ``feature_layers`` is required), and the
     masking radius, which is found as the integer radius whose mask equals the stored ``mfvit.frequencies_mask``.
     """
-    required = [VIT + "cls_token", VIT + "pos_embed", VIT + "patch_embed.proj.weight", MASK_KEY, "patch_aggregator",
-                "to_kv.weight", "cls_head.head.0.weight", VIT + "blocks.0.mlp.fc1.weight", PROJECTORS + "0.projector.1.weight"]
+    required = [VIT + "cls_token", VIT + "pos_embed", VIT + "patch_embed.proj.weight", VIT + "blocks.0.mlp.fc1.weight",
+                PROJECTORS + "0.projector.1.weight", MASK_KEY, "patch_aggregator", "to_kv.weight",
+                "cls_head.head.0.weight"]
     absent = [key for key in required if key not in state_dict]
     if absent:
         raise CheckpointMismatchError(f"not an original SPAI patch-model state_dict; missing keys: {absent}")
@@ -104,9 +107,9 @@ def infer_config(
     image_size = grid * patch
     mask = state_dict[MASK_KEY]
     if tuple(mask.shape) != (image_size, image_size):
-        raise CheckpointMismatchError(f"{MASK_KEY} has shape {tuple(mask.shape)}, expected ({image_size}, {image_size})")
+        raise CheckpointMismatchError(f"{MASK_KEY} has shape {tuple(mask.shape)}, expected {(image_size, image_size)}")
     depth = _count(state_dict, r"mfvit\.vit\.blocks\.(\d+)\..*")
-    num_projectors = _count(state_dict, PROJECTORS.replace(".", r"\.") + r"(\d+)\..*")
+    num_projectors = _count(state_dict, _P + r"(\d+)\..*")
     if feature_layers is None:
         if num_projectors != depth:
             raise CheckpointMismatchError(
@@ -114,7 +117,7 @@ def infer_config(
             )
         feature_layers = list(range(depth))
     if len(feature_layers) != num_projectors:
-        raise CheckpointMismatchError(f"feature_layers has {len(feature_layers)} entries for {num_projectors} projectors")
+        raise CheckpointMismatchError(f"{len(feature_layers)} feature_layers for {num_projectors} projectors")
     if num_attention_heads is None:
         if hidden % 64:
             raise CheckpointMismatchError(f"hidden size {hidden} is not a multiple of 64: pass num_attention_heads")
@@ -210,7 +213,8 @@ def convert_state_dict(
     unexpected = sorted(set(mapped) - set(expected))
     if missing or unexpected:
         raise CheckpointMismatchError(f"missing keys: {missing}; keys the model does not have: {unexpected}")
-    wrong = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if mapped[k].shape != v.shape]
+    wrong = [f"{k}: {tuple(mapped[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if mapped[k].shape != v.shape]
     if wrong:
         raise CheckpointMismatchError(f"shape mismatches: {wrong}")
     return config, mapped

@@ -18,7 +18,9 @@ class SpaiProjector(nn.Module):
     original-image branch have no input LayerNorm and end with a GELU.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, input_norm: bool, final_activation: bool, eps: float, dropout: float):
+    def __init__(
+        self, in_dim: int, out_dim: int, *, input_norm: bool, final_activation: bool, eps: float, dropout: float
+    ):
         super().__init__()
         self.norm_in = nn.LayerNorm(in_dim, eps=eps) if input_norm else nn.Identity()
         self.fc1 = nn.Linear(in_dim, out_dim)
@@ -37,7 +39,7 @@ class SpaiProjector(nn.Module):
 
 
 def mean_and_std(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased std over the token axis (-2 for features, -1 for per-token scalars is the caller's)."""
+    """Mean and unbiased (L - 1) std over the token axis 1 of (M, L, ...) tensors."""
     return tokens.mean(dim=1), tokens.std(dim=1)
 
 
@@ -67,7 +69,9 @@ class SpaiFrequencyRestorationEstimator(nn.Module):
     def __init__(self, num_layers: int, hidden_size: int, projection_dim: int, eps: float, dropout: float):
         super().__init__()
         self.projectors = nn.ModuleList(
-            SpaiProjector(hidden_size, projection_dim, input_norm=True, final_activation=False, eps=eps, dropout=dropout)
+            SpaiProjector(
+                hidden_size, projection_dim, input_norm=True, final_activation=False, eps=eps, dropout=dropout
+            )
             for _ in range(num_layers)
         )
         self.original_branch = SpaiOriginalImageBranch(num_layers, projection_dim, eps, dropout)
@@ -78,7 +82,7 @@ class SpaiFrequencyRestorationEstimator(nn.Module):
 
     @staticmethod
     def layer_statistics(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, M, L, P) projected views [original, low, high] of one layer -> similarity stats (M, 6), branch input (M, 2P).
+        """(3, M, L, P) projected [original, low, high] views of one layer -> (M, 6) similarity stats, (M, 2P) branch input.
 
         Similarity stats: mean and unbiased std over tokens of cos(o, l), cos(o, h), cos(l, h), in that order.
         Always float32, also when the projectors ran in bfloat16.

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging
 
 from .backbone_features import build_backbone, iter_layer_features
 from .classification_head import SpaiClassificationHead
@@ -28,6 +29,8 @@ from .frequency_restoration import SpaiFrequencyRestorationEstimator, SpaiOrigin
 from .patching import PatchLayout, boxes_tensor, crop_patch, layout_patches
 from .spectral_context_attention import SpaiSpectralContextAttention
 from .spectral_filter import SpaiSpectralFilter, build_frequency_mask
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -188,6 +191,8 @@ class SpaiForImageClassification(SpaiPreTrainedModel):
     def _compute_context(self, device: torch.device):
         """bfloat16 autocast for the backbone and projectors when ``config.compute_dtype == "bfloat16"``."""
         if self.config.compute_dtype == "bfloat16":
+            if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                logger.warning_once("compute_dtype='bfloat16': no native bf16 matmul on this CPU, expect it slower")
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
