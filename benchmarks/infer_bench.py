@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Inference speed and peak memory of SpaiForImageClassification vs. the original's order of work.
 
-Full-size configuration (ViT-B/16, 224 patches, 12 layers), random weights, one image per call, CPU. Each
-configuration runs in its own subprocess so its peak RSS (``ru_maxrss``) is its own. Compared side by side:
+Full-size configuration (ViT-B/16, 224 patches, 12 layers), random weights, one image per call, CPU. Compared
+side by side:
 
 * ``reference``: the original's order of work: every patch (the five crops even when identical), per group of
   up to 400 patches three separate backbone passes (one per spectral view) keeping all hidden states, explicit
@@ -11,6 +11,9 @@ configuration runs in its own subprocess so its peak RSS (``ru_maxrss``) is its 
   per-layer reduction, inference_mode).
 * ``fast-bf16``: the same with ``compute_dtype="bfloat16"`` (backbone and projectors under bf16 autocast).
 
+Timing: per size one process runs the modes alternately (warm-up, then ``--repeats`` rounds; median), so load
+from other processes hits all modes alike. Peak RSS: each (mode, size) scores one image in a fresh process.
+
 Also prints the measured float32 / bfloat16 matrix-multiply rate and the GFLOP/s each configuration achieves
 (FLOPs actually computed: ``reference`` counts the duplicate crops it computes).
 
@@ -18,8 +21,8 @@ Also prints the measured float32 / bfloat16 matrix-multiply rate and the GFLOP/s
     python benchmarks/infer_bench.py --sizes 224x224 --repeats 1 --modes reference fast-fp32
     python benchmarks/infer_bench.py --multi-adapter      # 1/4/8 adapters: mixed batches vs one at a time
 
-Functions are reusable: ``build_model``, ``make_image``, ``reference_forward``, ``patch_gflop``,
-``matmul_gflops``, ``run_case`` (one configuration, in-process) and ``run_in_subprocess``.
+Functions are reusable: ``build_model``, ``make_image``, ``reference_forward``, ``fast_forward``, ``patch_gflop``,
+``matmul_gflops``, ``time_interleaved``, ``peak_rss_case`` and ``run_in_subprocess``.
 """
 
 from __future__ import annotations
@@ -124,35 +127,46 @@ def matmul_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
     return 2 * 7092 * 768 * 3072 * runs / (time.perf_counter() - start) / 1e9
 
 
-def run_case(mode: str, size: str, repeats: int, seed: int = 0) -> dict:
-    """One configuration in this process: warm-up, ``repeats`` timed runs; times, logit, peak RSS."""
-    model = build_model("bfloat16" if mode == "fast-bf16" else "float32", seed=seed)
+def forward_for(mode: str):
+    return reference_forward if mode == "reference" else fast_forward
+
+
+def time_interleaved(size: str, modes: list[str], repeats: int, seed: int = 0) -> dict[str, dict]:
+    """Time ``modes`` on one model, alternating them run by run so all see the same machine load.
+
+    ``fast-bf16`` shares the weights and switches ``config.compute_dtype``. Returns per mode the median seconds,
+    all times, the logit, and the patches pushed through the backbone.
+    """
+    model = build_model(seed=seed)
     image = make_image(size, seed)
-    forward = reference_forward if mode == "reference" else fast_forward
-    logit = forward(model, image)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        logit = forward(model, image)
-        times.append(time.perf_counter() - start)
-    return {
-        "mode": mode,
-        "size": size,
-        "seconds": statistics.median(times),
-        "times": times,
-        "logit": float(logit.float().flatten()[0]),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "patches": patches_computed(model.config, size, mode),
-        "gflop_per_patch": patch_gflop(model.config),
-    }
+    results = {mode: {"times": []} for mode in modes}
+    for run in range(repeats + 1):  # run 0 warms up
+        for mode in modes:
+            model.config.compute_dtype = "bfloat16" if mode == "fast-bf16" else "float32"
+            start = time.perf_counter()
+            logit = forward_for(mode)(model, image)
+            if run:
+                results[mode]["times"].append(time.perf_counter() - start)
+            results[mode]["logit"] = float(logit.float().flatten()[0])
+    for mode, result in results.items():
+        result.update(mode=mode, size=size, seconds=statistics.median(result["times"]),
+                      patches=patches_computed(model.config, size, mode), gflop_per_patch=patch_gflop(model.config))
+    return results
 
 
-def run_in_subprocess(mode: str, size: str, repeats: int, threads: int) -> dict:
-    """`run_case` in a fresh interpreter, so peak RSS belongs to that configuration alone."""
-    command = [sys.executable, __file__, "--case", mode, size, str(repeats), "--threads", str(threads)]
+def peak_rss_case(mode: str, size: str, seed: int = 0) -> dict:
+    """Build the model and score one image in ``mode``; peak RSS of this process (run it in a fresh one)."""
+    model = build_model("bfloat16" if mode == "fast-bf16" else "float32", seed=seed)
+    forward_for(mode)(model, make_image(size, seed))
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_in_subprocess(threads: int, *case: str) -> dict:
+    """Run ``--case ...`` in a fresh interpreter (its own peak RSS, the parent stays idle); parse its JSON."""
+    command = [sys.executable, __file__, "--threads", str(threads), "--case", *case]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
-        raise RuntimeError(f"{mode} {size} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{case} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -201,7 +215,7 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--case", nargs=3, metavar=("MODE", "SIZE", "REPEATS"), help=argparse.SUPPRESS)
+    parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)  # internal: one subprocess job
     parser.add_argument(
         "--multi-adapter",
         action="store_true",
@@ -214,16 +228,21 @@ def main() -> None:
         multi_adapter_section(args.repeats, args.threads)
         return
     if args.case:
-        mode, size, repeats = args.case
-        print(json.dumps(run_case(mode, size, int(repeats))))
+        kind, size, *rest = args.case
+        if kind == "time":
+            print(json.dumps(time_interleaved(size, rest[1:], int(rest[0]))))
+        else:
+            print(json.dumps(peak_rss_case(kind, size)))
         return
     rates = {"fp32": matmul_gflops(torch.float32), "bf16": float("nan")}
     if "fast-bf16" in args.modes:  # without native bf16 kernels a single bf16 product can take a minute
         rates["bf16"] = matmul_gflops(torch.bfloat16)
     results = []
     for size in args.sizes:
+        timed = run_in_subprocess(args.threads, "time", size, str(args.repeats), *args.modes)
         for mode in args.modes:
-            result = run_in_subprocess(mode, size, args.repeats, args.threads)
+            timed[mode].update(run_in_subprocess(args.threads, mode, size))
+            result = timed[mode]
             print(f"{size} {mode}: {result['seconds']:.2f} s/img, peak {result['peak_rss_mib']:.0f} MiB", flush=True)
             results.append(result)
     print_table(results, rates)
