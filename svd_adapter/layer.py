@@ -7,7 +7,7 @@ V_res)`` and, frozen, the initial residual factors ``(U0, S0, V0)`` they were ta
     L = [U_res diag(S_res) | -U0 diag(S0)],  R = [V_res | V0]   (rank <= 2k).
 
 The base weight is never modified unless merged, so the forward adds the rank-2k correction ``x R L^T`` to the base
-output (as two thin paths, exactly zero at initialisation) and the residual matrix is never materialised. A saved
+output (one thin GEMM, then one fused GEMM-accumulate) and the residual matrix is never materialised. A saved
 adapter holds both factor sets, so loading it needs no SVD. The layer knows nothing of the model; the tuner model
 (``model.py``) decides when to decompose and how to route rows.
 """
@@ -108,13 +108,10 @@ class SVDResidualLayer(BaseTunerLayer):
     # ------------------------------------------------------------------ weights
     def delta_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L, R)`` with ``W_adapted - W = L @ R.T``; shapes ``(out, 2k)`` and ``(in, 2k)``."""
-        u, s, v, u0, s0, v0 = self._factors(adapter_name)
-        return torch.cat([u * s, -(u0 * s0)], dim=1), torch.cat([v, v0], dim=1)
-
-    def _factors(self, adapter_name: str) -> tuple[torch.Tensor, ...]:
-        """``(U, S, V, U0, S0, V0)`` of an adapter, decomposing the base first if it was never initialised."""
         self.ensure_initialised(adapter_name)
-        return tuple(getattr(self, name)[adapter_name] for name in self.adapter_layer_names + self.other_param_names)
+        u, s, v = self.svd_U[adapter_name], self.svd_S[adapter_name], self.svd_V[adapter_name]
+        u0, s0, v0 = self.svd_U0[adapter_name], self.svd_S0[adapter_name], self.svd_V0[adapter_name]
+        return torch.cat([u * s, -(u0 * s0)], dim=1), torch.cat([v, v0], dim=1)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The dense weight change of one adapter (materialised only for merging)."""
@@ -202,11 +199,14 @@ class Linear(nn.Module, SVDResidualLayer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.mark_loaded(state_dict, prefix)
 
-    def _correction(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """``x (V S U^T - V0 S0 U0^T)`` as two thin paths: exactly zero while the factors equal their initial values."""
-        u, s, v, u0, s0, v0 = self._factors(adapter_name)
-        x = x.to(u.dtype)
-        return F.linear(F.linear(x, v.T) * s, u) - F.linear(F.linear(x, v0.T) * s0, u0)
+    def _add_correction(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """``result + x R L^T``; in place with one fused GEMM when dtypes allow (the cheapest pass over ``result``)."""
+        left, right = self.delta_factors(adapter_name)
+        hidden = F.linear(x.to(left.dtype), right.T)
+        if result.dtype == left.dtype and result.is_contiguous():
+            result.view(-1, result.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), left.T)
+            return result
+        return result + F.linear(hidden, left).to(result.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any):
         if self.disable_adapters:
@@ -218,7 +218,7 @@ class Linear(nn.Module, SVDResidualLayer):
             return self._mixed_batch_forward(x, result, adapter_names)
         for name in self.active_adapters:
             if name in self.svd_U and name not in self.merged_adapters:
-                result = result + self._correction(x, name).to(result.dtype)
+                result = self._add_correction(result, x, name)
         return result
 
     def _mixed_batch_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
@@ -229,7 +229,7 @@ class Linear(nn.Module, SVDResidualLayer):
             if name not in self.svd_U:
                 continue
             rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=x.device)
-            result = result.index_add(0, rows, self._correction(x[rows], name).to(result.dtype))
+            result = result.index_copy(0, rows, self._add_correction(result[rows], x[rows], name))
         return result
 
     def __repr__(self) -> str:
