@@ -3,7 +3,7 @@
 
 import argparse
 
-from spai_hf.convert_spai_checkpoint import convert_spai_checkpoint
+from spai_hf.convert_spai_checkpoint import CheckpointMismatchError, convert_spai_checkpoint
 
 
 def main() -> None:
@@ -13,7 +13,12 @@ def main() -> None:
     parser.add_argument("--num-attention-heads", type=int, help="backbone heads (default: hidden size // 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     args = parser.parse_args()
-    out = convert_spai_checkpoint(args.src, args.dst, overwrite=args.overwrite, num_attention_heads=args.num_attention_heads)
+    try:
+        out = convert_spai_checkpoint(
+            args.src, args.dst, overwrite=args.overwrite, num_attention_heads=args.num_attention_heads
+        )
+    except (CheckpointMismatchError, FileExistsError, FileNotFoundError) as error:
+        parser.exit(1, f"error: {error}\n")
     print(f"wrote {out}")
 
 

@@ -222,6 +222,8 @@ def convert_state_dict(
 
 def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """``torch.load(path, weights_only=True)["model"]`` with clear errors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError with long messages
@@ -245,7 +247,7 @@ def convert_spai_checkpoint(
     """
     dst = Path(dst)
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{dst} exists; replace it with overwrite=True (--overwrite on the command line)")
     config, state_dict = convert_state_dict(load_original_state_dict(src), **config_kwargs)
     model = SpaiForImageClassification(config)
     model.load_state_dict(state_dict, strict=True)
