@@ -112,7 +112,8 @@ def _split_counts(total: int, fractions: Sequence[float]) -> list[int]:
 def _collect(dirs: Iterable[str | os.PathLike], what: str) -> list[Path]:
     paths = find_images(list(dirs))
     if not paths:
-        raise MakeCsvError(f"no {what} images found in {', '.join(map(str, dirs))} (looked recursively for image suffixes)")
+        folders = ", ".join(map(str, dirs))
+        raise MakeCsvError(f"no {what} images found in {folders} (looked recursively for image suffixes)")
     return paths
 
 

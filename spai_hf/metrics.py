@@ -150,4 +150,6 @@ def compute_detection_metrics(
 ) -> dict[str, float]:
     """One-shot helper: all `DetectionMetrics` for ``scores`` (probabilities) and 0/1 ``labels``."""
     metric = DetectionMetrics(keep_in_memory=True)
-    return metric.compute(predictions=np.asarray(scores, np.float64), references=np.asarray(labels), threshold=threshold)
+    return metric.compute(
+        predictions=np.asarray(scores, np.float64), references=np.asarray(labels), threshold=threshold
+    )

@@ -37,7 +37,15 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 from transformers.trainer_utils import get_last_checkpoint
 
 from .atomic import atomic_write_json
-from .data import AugmentationConfig, CsvValidationError, TrainTransform, collate, eval_dataset, load_split, train_dataset
+from .data import (
+    AugmentationConfig,
+    CsvValidationError,
+    TrainTransform,
+    collate,
+    eval_dataset,
+    load_split,
+    train_dataset,
+)
 from .hub import METRICS_FILE, TRAINING_ARGS_FILE
 from .image_processing_spai import SpaiImageProcessor
 from .metrics import compute_detection_metrics
@@ -75,7 +83,9 @@ class TrainingConfig:
 
     base: str | None = field(default=None, metadata=_opt("base SPAI model: a save_pretrained folder or a Hub id"))
     data: str | None = field(default=None, metadata=_opt("CSV with columns image,split,class[,generator]"))
-    csv_root: str | None = field(default=None, metadata=_opt("folder relative image paths start from (default: the CSV's)"))
+    csv_root: str | None = field(
+        default=None, metadata=_opt("folder relative image paths start from (default: the CSV's)")
+    )
     generator: str | None = field(
         default=None, metadata=_opt("generator name; selects rows by the CSV's generator column when it has one")
     )
@@ -83,7 +93,9 @@ class TrainingConfig:
     train_split: str = field(default="train", metadata=_opt("split used for training"))
     val_split: str = field(default="val", metadata=_opt("split used for validation and threshold calibration"))
     # adapter
-    r: int | float | None = field(default=None, metadata=_opt("frozen principal rank (int, or fraction in (0,1))", type=_rank))
+    r: int | float | None = field(
+        default=None, metadata=_opt("frozen principal rank (int, or fraction in (0,1))", type=_rank)
+    )
     residual_rank: int | float | None = field(
         default=None, metadata=_opt("trainable residual rank k (default 1 when --r is not given)", type=_rank)
     )
@@ -97,7 +109,9 @@ class TrainingConfig:
     # optimisation
     lr: float = field(default=5e-4, metadata=_opt("peak learning rate of AdamW"))
     weight_decay: float = field(default=0.05, metadata=_opt("AdamW weight decay"))
-    warmup_ratio: float = field(default=5 / 35, metadata=_opt("fraction of steps of linear warm-up before cosine decay"))
+    warmup_ratio: float = field(
+        default=5 / 35, metadata=_opt("fraction of steps of linear warm-up before cosine decay")
+    )
     batch_size: int = field(default=32, metadata=_opt("training crops per process and step"))
     eval_batch_size: int = field(default=8, metadata=_opt("validation images per process and forward"))
     gradient_accumulation_steps: int = field(default=1, metadata=_opt("micro-batches per optimizer step"))
@@ -167,11 +181,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     for name, spec in _FIELDS.items():
         kwargs = dict(spec.metadata)
         flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]
-        if spec.type in ("bool", bool):
+        annotation = str(spec.type)  # a string such as "int | None" (postponed annotations)
+        if annotation == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif "type" not in kwargs:
-            base_type = {"int": int, "float": float}.get(str(spec.type).split(" ")[0], str)
-            kwargs["type"] = base_type
+            kwargs["type"] = {"int": int, "float": float}.get(annotation.split(" ")[0], str)
         parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, **kwargs)
     return parser
 
@@ -221,6 +235,10 @@ def build_model(config: TrainingConfig):
 # ---------------------------------------------------------------------------------------------------------- trainer
 class SpaiTrainer(Trainer):
     """`Trainer` whose training loss adds the adapter's weighted regularisers to the model's BCE."""
+
+    # The loss is a per-batch mean, not normalised by a token count: Trainer must divide it by the number of
+    # accumulation steps itself (SPAI's forward takes **kwargs, which would otherwise make Trainer assume it does).
+    loss_is_scaled_for_ga = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -355,6 +373,12 @@ def train(config: TrainingConfig) -> TrainingResult:
                              check_images=config.check_images)
             for name, split in (("train", config.train_split), ("val", config.val_split))
         }
+    for name, split in (("train", config.train_split), ("val", config.val_split)):
+        if len(set(splits[name]["label"])) < 2:
+            raise CsvValidationError(
+                config.data, f"split {split!r} needs both real (0) and AI-generated (1) images: training needs "
+                "both classes and validation ROC-AUC, which picks the best adapter, is undefined with one"
+            )
 
     model = build_model(config)
     patch_size = model.base_model.model.config.patch_size
@@ -418,7 +442,9 @@ def _write_training_args(
             "total_train_batch_size": args.world_size * config.batch_size * config.gradient_accumulation_steps,
             "train_rows": train_rows,
             "val_rows": val_rows,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+            "versions": {
+                "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__
+            },
         },
     )
 

@@ -96,8 +96,9 @@ def test_two_process_cpu_training(setup, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        str(REPO / "scripts" / "train.py"), *_args(base, csv, output, "--max-steps", "16", "--eval-steps", "8",
-                                                   "--logging-steps", "1", "--lr", "0.05", "--modules-to-save", "classifier"),
+        str(REPO / "scripts" / "train.py"),
+        *_args(base, csv, output, "--max-steps", "16", "--eval-steps", "8", "--logging-steps", "1", "--lr", "0.05",
+               "--modules-to-save", "classifier"),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -173,7 +174,9 @@ def test_bad_csv_fails_before_training(setup, tmp_path, caplog, rows, header, me
 
 
 def test_config_file_and_flag_precedence(tmp_path):
-    (tmp_path / "train.yaml").write_text("base: some/base\ndata: d.csv\nresidual-rank: 0.25\nlr: 0.001\ntrain_head: true\n")
+    (tmp_path / "train.yaml").write_text(
+        "base: some/base\ndata: d.csv\nresidual-rank: 0.25\nlr: 0.001\ntrain_head: true\n"
+    )
     config = parse_config(["--config", str(tmp_path / "train.yaml"), "--lr", "0.01", "--generator", "sdxl"])
     assert (config.base, config.residual_rank, config.lr, config.train_head) == ("some/base", 0.25, 0.01, True)
     assert config.output_dir == str(Path("adapters") / "sdxl")
@@ -192,3 +195,32 @@ def test_refuses_to_overwrite_a_run_without_resume(setup, tmp_path):
         train(config)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(TrainingConfig(base=str(base), data=str(csv), output_dir=str(tmp_path / "empty"), resume=True))
+
+
+def test_single_class_split_rejected_before_training(setup, tmp_path, caplog):
+    base, csv = setup
+    bad = csv.parent / "one_class_val.csv"
+    bad.write_text("image,split,class\n0.png,train,0\n1.png,train,1\n2.png,val,0\n4.png,val,0\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["--base", str(base), "--data", str(bad), "--output-dir", str(tmp_path / "o")]) == 1
+    assert "split 'val' needs both real (0) and AI-generated (1)" in caplog.text
+
+
+def test_gradient_accumulation_matches_one_big_batch(setup, tmp_path, one_thread):
+    """4 x 2 accumulated = 8 at once (same rows: augmentations are seeded per row; dropout off): same loss, weights."""
+    _, csv = setup
+    base = tmp_path / "base"
+    _tiny_base(base)
+    config = SpaiConfig.from_pretrained(base)
+    config.projector_dropout = config.classifier_dropout = 0.0
+    SpaiForImageClassification.from_pretrained(base, config=config).save_pretrained(base)
+    common = ("--max-steps", "2", "--eval-steps", "2", "--logging-steps", "1", "--lr", "0.01", "--train-head",
+              "--warmup-ratio", "0")
+    assert main([*_args(base, csv, tmp_path / "big", *common), "--batch-size", "8"]) == 0
+    assert main([*_args(base, csv, tmp_path / "acc", *common), "--gradient-accumulation-steps", "2"]) == 0
+    big, accumulated = _log_history(tmp_path / "big"), _log_history(tmp_path / "acc")
+    assert [e["loss"] for e in accumulated if "loss" in e] == pytest.approx([e["loss"] for e in big if "loss" in e],
+                                                                           abs=1e-5)
+    expected, got = load_file(tmp_path / "big" / ADAPTER_FILE), load_file(tmp_path / "acc" / ADAPTER_FILE)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
