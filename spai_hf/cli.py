@@ -132,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--base-model", default=None, help="Hub id of the base model (default: the one recorded in the adapter)"
     )
-    push.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN)")
     return parser
 
 
@@ -188,7 +187,6 @@ def _cmd_push(args: argparse.Namespace) -> int:
         private=args.private,
         dry_run=args.dry_run,
         base_model=args.base_model,
-        token=args.token,
     )
     print(f"model card written to {result.card_path}")
     verb = "would upload" if args.dry_run else "uploaded"
@@ -316,9 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (OSError, ValueError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"spai-svd {args.command}: error: {message}", file=sys.stderr)
+    except (OSError, ValueError) as error:
+        print(f"spai-svd {args.command}: error: {error}", file=sys.stderr)
         return 1
 
 

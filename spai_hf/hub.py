@@ -268,12 +268,12 @@ def push_adapter(
     private: bool = False,
     dry_run: bool = False,
     base_model: str | None = None,
-    token: str | None = None,
 ) -> PushResult:
     """Write the model card into ``adapter_dir`` and upload the folder to the Hub repository ``repo_id``.
 
     With ``dry_run`` nothing leaves the machine: the card is written and the file list returned. An existing
-    README.md that this command did not generate is never overwritten.
+    README.md is only replaced when it is our card or PEFT's unfilled template. The Hub token comes from
+    ``HF_TOKEN`` or ``hf auth login``, as everywhere in huggingface_hub.
     """
     folder = Path(adapter_dir)
     if not (folder / ADAPTER_CONFIG_FILE).is_file():
@@ -287,7 +287,7 @@ def push_adapter(
     files = _upload_files(folder)
     if dry_run:
         return PushResult(files=files, card_path=card_path, url=None)
-    api = HfApi(token=token)
+    api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(
         repo_id=repo_id,

@@ -275,7 +275,8 @@ def score_images(
                 else:
                     results[index].width, results[index].height = size
                     decoded.append((index, pixels, size))
-            for (index, pixels, size), outcome in _score_batch(scorer, decoded, heatmaps is not None):
+            outcomes = _score_batch(scorer, decoded, heatmaps is not None) if decoded else ()
+            for (index, pixels, size), outcome in outcomes:
                 if isinstance(outcome, Exception):
                     results[index].error = f"scoring failed ({type(outcome).__name__}: {outcome})"
                     continue

@@ -126,7 +126,7 @@ class AdapterRegistry:
         """Unregister ``name`` (the adapter files themselves are left untouched)."""
         entries = self.entries()
         if name not in entries:
-            raise KeyError(f"no adapter named {name!r} in {str(self.path)!r}")
+            raise AdapterNotFoundError(f"no adapter named {name!r} in {str(self.path)!r}")
         entry = entries.pop(name)
         self._save(entries)
         return entry

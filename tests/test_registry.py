@@ -39,7 +39,7 @@ def test_add_list_resolve_remove(registry, tmp_path):
     registry.remove("flux")
     assert list(registry.entries()) == ["sdxl"]
     assert outside.is_dir()  # unregistering never deletes the adapter
-    with pytest.raises(KeyError, match="flux"):
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 'flux'"):
         registry.remove("flux")
 
 
