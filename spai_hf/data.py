@@ -25,6 +25,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from datasets.exceptions import DatasetGenerationError
 import torch
 from PIL import Image, ImageFilter
 
@@ -76,9 +77,13 @@ def _read_csv(csv_path: Path, cache_dir: str | None) -> datasets.Dataset:
             f"(required: {', '.join(REQUIRED_COLUMNS)})"
         )
     features = datasets.Features({name: datasets.Value("string") for name in header})
-    return datasets.load_dataset(
-        "csv", data_files=str(csv_path), split="train", features=features, na_filter=False, cache_dir=cache_dir
-    )
+    try:
+        return datasets.load_dataset(
+            "csv", data_files=str(csv_path), split="train", features=features, na_filter=False, cache_dir=cache_dir
+        )
+    except DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise CsvValidationError(csv_path, f"cannot parse the CSV ({type(cause).__name__}: {cause})") from None
 
 
 def _column(table: datasets.Dataset, name: str) -> list[str]:
@@ -139,7 +144,8 @@ def load_split(
         labels.append(int(label) if label in ("0", "1") else -1)
         lines.append(line)
     if problems:
-        raise CsvValidationError(csv_path, f"{len(problems)} bad row(s) in split {split!r}", problems)
+        bad_rows = len({line for line, _ in problems})
+        raise CsvValidationError(csv_path, f"{bad_rows} bad row(s) in split {split!r}", problems)
     return datasets.Dataset.from_dict(
         {"image": paths, "label": labels, "line": lines},
         features=datasets.Features(

@@ -104,6 +104,12 @@ def test_many_problems_are_capped(tmp_path):
     assert "... and 5 more" in str(info.value)
 
 
+def test_malformed_csv_is_reported(tmp_path):
+    csv_path = _write_csv(tmp_path / "d.csv", ["a.png,train,0", "b.png,train,1,extra,fields"])
+    with pytest.raises(CsvValidationError, match="cannot parse the CSV"):
+        load_split(csv_path, "train")
+
+
 def test_empty_and_absent_csv(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(CsvValidationError, match="empty"):
