@@ -10,9 +10,11 @@ timed in one run on the same machine:
 - ``load each``: for each adapter in turn, a fresh base + ``PeftModel.from_pretrained`` then a pass, plus a base
   pass -- what running the command once per adapter costs, process start-up excluded.
 
-Images/s counts an image once it has all K + 1 scores; every method's time includes loading its models from disk.
-Images are decoded beforehand, so only model loading and model work are timed. The three methods are timed in
-alternation (medians of ``--repeats`` rounds after a warm-up) so that machine load hits them alike. Run: ``python benchmarks/adapter_infer_bench.py [--preset small|released] [--device cpu|cuda]``.
+Images/s counts an image once it has all K + 1 scores. Every method's time includes loading its models from disk
+and decoding the JPEG files for each pass it makes (mixed: once per image; the others: once per pass). The three
+methods are timed in alternation (medians of ``--repeats`` rounds after a warm-up) so machine load hits them alike.
+
+Run: ``python benchmarks/adapter_infer_bench.py [--preset small|released] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
+from PIL import Image
 
 import svd_adapter
-from spai_hf import SpaiConfig, SpaiForImageClassification
-from spai_hf.inference import BASE_ADAPTER, MultiAdapterScorer
+from spai_hf import SpaiConfig, SpaiForImageClassification, SpaiImageProcessor
+from spai_hf.image_io import load_image
+from spai_hf.inference import BASE_ADAPTER, MultiAdapterScorer, to_pixels
 from spai_hf.registry import ResolvedAdapter
 
 PRESETS = {
@@ -62,17 +66,23 @@ def build_models(folder: Path, preset: str, num_adapters: int) -> tuple[Path, li
     return folder / "base", adapters
 
 
-def image_set(count: int, sides: tuple[int, int], seed: int = 0) -> list[torch.Tensor]:
-    """``count`` random (3, H, W) images in [0, 1] with sides drawn in ``sides``."""
+def image_set(folder: Path, count: int, sides: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Write ``count`` random-content JPEGs with sides drawn in ``sides`` under ``folder``; returns their paths."""
     generator = torch.Generator().manual_seed(seed)
     low, high = sides
-    shapes = torch.randint(low, high + 1, (count, 2), generator=generator).tolist()
-    return [torch.rand(3, h, w, generator=generator) for h, w in shapes]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (h, w) in enumerate(torch.randint(low, high + 1, (count, 2), generator=generator).tolist()):
+        pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8).numpy()
+        paths.append(folder / f"{index:03d}.jpg")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
 
 
-def batches(images: list[torch.Tensor], size: int, device: torch.device):
-    for start in range(0, len(images), size):
-        yield [image.to(device) for image in images[start : start + size]]
+def batches(paths: list[Path], size: int, processor: SpaiImageProcessor):
+    """Decode the files batch by batch (as every pass over an image folder must), as model inputs."""
+    for start in range(0, len(paths), size):
+        yield [to_pixels(processor, load_image(path)) for path in paths[start : start + size]]
 
 
 def _sync(device: torch.device) -> None:
@@ -84,9 +94,14 @@ def _load_base(base: Path, device: torch.device) -> SpaiForImageClassification:
     return SpaiForImageClassification.from_pretrained(base).to(device).eval()
 
 
-def _pass(model, images, batch_size: int, device: torch.device) -> None:
-    for batch in batches(images, batch_size, device):
+def _pass(model, images, batch_size: int) -> None:
+    processor = SpaiImageProcessor(patch_size=_config(model).patch_size)
+    for batch in batches(images, batch_size, processor):
         model(pixel_values=batch)
+
+
+def _config(model) -> SpaiConfig:
+    return model.get_base_model().config if isinstance(model, PeftModel) else model.config
 
 
 def run_mixed(base: Path, adapters: list[Path], images, batch_size: int, device: torch.device) -> None:
@@ -94,7 +109,7 @@ def run_mixed(base: Path, adapters: list[Path], images, batch_size: int, device:
     scorer = MultiAdapterScorer.from_pretrained(
         str(base), [ResolvedAdapter(p.name, p, None, None) for p in adapters], device=device
     )
-    for batch in batches(images, batch_size, device):
+    for batch in batches(images, batch_size, scorer.processor):
         scorer.score(batch)
 
 
@@ -105,18 +120,17 @@ def run_swap(base: Path, adapters: list[Path], images, batch_size: int, device: 
         model.load_adapter(str(path), adapter_name=f"a{index}")
     model.to(device).eval()
     with model.disable_adapter():
-        _pass(model, images, batch_size, device)
+        _pass(model, images, batch_size)
     for index in range(len(adapters)):
         model.set_adapter(f"a{index}")
-        _pass(model, images, batch_size, device)
+        _pass(model, images, batch_size)
 
 
 def run_load_each(base: Path, adapters: list[Path], images, batch_size: int, device: torch.device) -> None:
     """A fresh base (then base + one adapter, for each adapter) loaded and run over the images, in turn."""
-    _pass(_load_base(base, device), images, batch_size, device)
+    _pass(_load_base(base, device), images, batch_size)
     for path in adapters:
-        _pass(PeftModel.from_pretrained(_load_base(base, device), str(path)).to(device).eval(), images, batch_size,
-              device)
+        _pass(PeftModel.from_pretrained(_load_base(base, device), str(path)).to(device).eval(), images, batch_size)
 
 
 METHODS = {"mixed": run_mixed, "swap": run_swap, "load each": run_load_each}
@@ -143,9 +157,10 @@ def check_agreement(base: Path, adapters: list[Path], images, device: torch.devi
         str(base), [ResolvedAdapter(p.name, p, None, None) for p in adapters], device=device
     )
     assert scorer.columns[0].adapter == BASE_ADAPTER
-    mixed, _ = scorer.score([image.to(device) for image in images])
+    pixels = next(batches(images, len(images), scorer.processor))
+    mixed, _ = scorer.score(pixels)
     alone = PeftModel.from_pretrained(_load_base(base, device), str(adapters[-1])).to(device).eval()
-    probs = torch.sigmoid(alone(pixel_values=[image.to(device) for image in images]).logits.float()).view(-1).cpu()
+    probs = torch.sigmoid(alone(pixel_values=pixels).logits.float()).view(-1).cpu()
     return float((torch.from_numpy(mixed[:, -1]) - probs).abs().max()), float(abs(mixed[:, -1] - mixed[:, 0]).max())
 
 
@@ -162,8 +177,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    images = image_set(args.images, IMAGE_SIDES[args.preset])
     with tempfile.TemporaryDirectory() as tmp:
+        images = image_set(Path(tmp) / "images", args.images, IMAGE_SIDES[args.preset])
         base, adapters = build_models(Path(tmp), args.preset, max(args.adapters))
         gap, effect = check_agreement(base, adapters[:2], images[:3], device)
         print(f"preset={args.preset} device={device} images={len(images)} batch={args.batch_size} "

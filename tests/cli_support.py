@@ -21,8 +21,9 @@ def write_adapter_metadata(
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "adapter_config.json"
     if not config.exists():
+        fingerprints = {"layer.q_proj": {"shape": [4, 4], "sample": [0.5], "base": fingerprint}}
         config.write_text(json.dumps({"peft_type": "SVD_RESIDUAL", "base_model_name_or_path": "/somewhere/base",
-                                      "base_fingerprint": {"layer.q_proj": {"shape": [4, 4], "sample": [0.5], "base": fingerprint}}}))
+                                      "base_fingerprint": fingerprints}))
     validation = {"roc_auc": auc, "accuracy": 0.75, "runtime": 1.5}  # the layout spai_hf.training writes
     metrics = {"generator": generator, "split": "val", "metrics": validation}
     if threshold is not None:
