@@ -160,13 +160,12 @@ def _column_name(name: str, taken: set[str]) -> str:
 class MultiAdapterScorer:
     """A base SPAI model with adapters loaded side by side, scoring every image under each ``columns`` entry."""
 
-    def __init__(self, model: torch.nn.Module, processor, columns: Sequence[ScoreColumn], device: torch.device):
+    def __init__(self, model: torch.nn.Module, processor, columns: Sequence[ScoreColumn]):
         if not columns:
             raise ValueError("at least one score column is needed")
         self.model = model
         self.processor = processor
         self.columns = list(columns)
-        self.device = device
 
     @classmethod
     def from_pretrained(
@@ -202,9 +201,9 @@ class MultiAdapterScorer:
             else:
                 model.load_adapter(str(adapter.path), adapter_name=peft_name)
             columns.append(ScoreColumn(_column_name(adapter.name, taken), peft_name, adapter.threshold))
-        return cls(model.to(device).eval(), processor, columns, device)
+        return cls(model.to(device).eval(), processor, columns)
 
-    def score(self, pixels: list[torch.Tensor], with_attention: bool = False):
+    def score(self, pixels: list[torch.Tensor], with_attention: bool = False) -> tuple[np.ndarray, list | None]:
         """P(AI-generated) as a (len(pixels), len(columns)) array; with ``with_attention`` also, per image and
         column, the (weights, boxes) pair of the spectral-context attention."""
         repeat = len(self.columns)
