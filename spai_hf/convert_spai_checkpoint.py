@@ -7,11 +7,14 @@ dropped; anything else, or anything missing, is an error that lists the keys. Si
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -270,3 +273,23 @@ def convert_spai_checkpoint(
         if staging.exists():
             shutil.rmtree(staging)
     return dst
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Command line: ``SRC DST``; returns the exit status (0 ok, 1 on a bad or mismatched checkpoint)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Convert an original SPAI checkpoint (spai.pth) into a "
+                                     "transformers folder that from_pretrained and pipeline() load.")
+    parser.add_argument("src", help="original checkpoint, torch.save({'model': state_dict, ...})")
+    parser.add_argument("dst", help="output folder (config.json, model.safetensors, preprocessor_config.json)")
+    parser.add_argument("--num-attention-heads", type=int, help="backbone heads (default: hidden size // 64)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    args = parser.parse_args(argv)
+    try:
+        out = convert_spai_checkpoint(
+            args.src, args.dst, overwrite=args.overwrite, num_attention_heads=args.num_attention_heads
+        )
+    except (CheckpointMismatchError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
