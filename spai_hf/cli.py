@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="register an adapter folder or Hub repository under a short name")
     add.add_argument("name", help="short name, e.g. sdxl")
     add.add_argument("source", metavar="PATH_OR_HUB_ID", help="adapter folder or Hub repository id (namespace/name)")
-    add.add_argument("--revision", default=None, help="Hub revision to read the metadata from")
+    add.add_argument("--revision", default=None, help="Hub branch, tag or commit to pin (default: main)")
     add.add_argument("--force", action="store_true", help="replace an existing entry with the same name")
     _add_registry_option(add)
     remove = actions.add_parser("remove", help="unregister an adapter (its files are kept)")

@@ -48,6 +48,7 @@ class RegistryEntry:
     base_fingerprint: str | None = None
     threshold: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    revision: str | None = None  # Hub branch, tag or commit (None: the default branch)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class AdapterRegistry:
             base_fingerprint=info.base_fingerprint,
             threshold=info.threshold,
             metrics=info.validation_metrics,
+            revision=revision if kind == "hub" else None,
         )
         entries[name] = entry
         self._save(entries)
@@ -132,12 +134,15 @@ class AdapterRegistry:
         return entry
 
     def resolve(self, ref: str, revision: str | None = None) -> ResolvedAdapter:
-        """Resolve a registered name, else a local folder, else a Hub id, to a loadable local folder."""
+        """Resolve a registered name, else a local folder, else a Hub id, to a loadable local folder.
+
+        ``revision`` applies to a Hub id given directly; a registered Hub entry uses the revision it was added with.
+        """
         entries = self.entries()
         if ref in entries:
             entry = entries[ref]
             source = entry.source if entry.kind == "hub" else str(self.root / entry.source)
-            info = read_adapter_info(source, revision)
+            info = read_adapter_info(source, entry.revision)
             return ResolvedAdapter(name=ref, path=info.path, threshold=info.threshold, generator=info.generator)
         if not Path(ref).expanduser().is_dir() and not is_hub_id(ref):
             known = ", ".join(sorted(entries)) or "none registered"

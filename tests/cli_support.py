@@ -35,14 +35,14 @@ def write_adapter_metadata(
     return folder
 
 
-def fill_hub_cache(hub_cache: Path, repo_id: str, source: Path, revision: str = "0" * 40) -> Path:
-    """Place ``source``'s files in the huggingface_hub cache layout (models--ns--name/snapshots/<rev> + refs/main),
-    as a previous online download would have left them; returns the snapshot folder."""
+def fill_hub_cache(hub_cache: Path, repo_id: str, source: Path, commit: str = "0" * 40, ref: str = "main") -> Path:
+    """Place ``source``'s files in the huggingface_hub cache layout (models--ns--name/snapshots/<commit> +
+    refs/<ref>), as a previous online download would have left them; returns the snapshot folder."""
     repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / revision
+    snapshot = repo / "snapshots" / commit
     shutil.copytree(source, snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(revision)
+    (repo / "refs" / ref).write_text(commit)
     return snapshot
 
 

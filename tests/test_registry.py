@@ -68,9 +68,14 @@ def test_hub_entry_resolves_from_offline_cache(registry, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     snapshot = fill_hub_cache(cache, "org/sdxl-adapter",
                               write_adapter_metadata(tmp_path / "src", generator="sdxl", threshold=0.3))
+    pinned = fill_hub_cache(cache, "org/sdxl-adapter", write_adapter_metadata(tmp_path / "v1", generator="sdxl",
+                            threshold=0.6), commit="1" * 40, ref="v1")
     entry = registry.add("sdxl", "org/sdxl-adapter")
-    assert (entry.kind, entry.source, entry.threshold) == ("hub", "org/sdxl-adapter", 0.3)
+    assert (entry.kind, entry.source, entry.threshold, entry.revision) == ("hub", "org/sdxl-adapter", 0.3, None)
     assert registry.resolve("sdxl").path.resolve() == snapshot.resolve()
+    assert registry.add("sdxl-v1", "org/sdxl-adapter", revision="v1").threshold == 0.6
+    resolved = registry.resolve("sdxl-v1")  # the registered revision sticks
+    assert (resolved.path.resolve(), resolved.threshold) == (pinned.resolve(), 0.6)
 
 
 def test_malformed_registry_is_reported(registry):
