@@ -2,7 +2,8 @@
 
 Real images are crops (with random horizontal flips) of public-domain / CC0 photographs bundled with scikit-image
 and matplotlib, so the demo and the quality benchmark run on a fresh machine without a network. Each synthetic
-"generator" turns a whole source photograph into an aligned fake with its own spectral fingerprint:
+"generator" turns the photo around a crop (the crop plus a context margin) into an aligned fake with its own
+spectral fingerprint:
 
 - ``bilinear``: downscale by 2 (antialiased), then bilinear re-upsampling -- the interpolation fingerprint;
 - ``deconv``: a small decoder whose first layer is a stride-2 transposed convolution (kernel 3, so kernels overlap
@@ -115,6 +116,8 @@ class DemoDataConfig:
     seed: int = 0
     min_crop_std: float = 4.0
     """Crops whose pixel standard deviation (0-255 scale) is below this are redrawn (black borders, sky)."""
+    context_margin: int = 16
+    """Pixels of context on each side of a crop that the generators see (their receptive field is smaller)."""
     deconv_steps: int = 100
     autoencoder_steps: int = 200
     fit_batch: int = 16
@@ -154,13 +157,15 @@ class DemoData:
     splits: list[str]
     sources: list[str]
     crop_ids: list[int] = field(default_factory=list)
+    positions: list[tuple[int, int, bool]] = field(default_factory=list)
+    """(top, left, flipped) of each crop in its source photograph."""
 
     def select(self, mask: np.ndarray) -> DemoData:
         index = np.flatnonzero(mask)
         pick = lambda values: [values[i] for i in index]  # noqa: E731
         return DemoData(
             self.images[index], self.labels[index], pick(self.generators), pick(self.splits), pick(self.sources),
-            pick(self.crop_ids),
+            pick(self.crop_ids), pick(self.positions),
         )
 
     def subset(self, split: str | None = None, generator: str | None = None) -> DemoData:
@@ -292,15 +297,17 @@ def _make_generators(
     return built
 
 
-def _generate(model: Callable[[torch.Tensor], torch.Tensor], photo: np.ndarray, weight: float) -> np.ndarray:
-    """Run a generator on a whole photo, blend with the source, keep grey sources grey, quantise to uint8."""
-    source = _to_tensor(photo)
+def _generate(
+    model: Callable[[torch.Tensor], torch.Tensor], windows: np.ndarray, weight: float, grey: bool
+) -> np.ndarray:
+    """Run a generator on (N, H, W, 3) uint8 windows, blend with the source, keep grey sources grey, quantise."""
+    source = torch.from_numpy(windows).permute(0, 3, 1, 2).float().div(255.0)
     with torch.no_grad():
         generated = model(source)
-    if _is_grey(photo):
+    if grey:
         generated = generated.mean(dim=1, keepdim=True).expand_as(generated)
     blended = weight * generated + (1.0 - weight) * source
-    return blended[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return blended.permute(0, 2, 3, 1).mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 # --- crops ----------------------------------------------------------------------------------------------------------
@@ -322,8 +329,19 @@ def _crop_positions(photo: np.ndarray, config: DemoDataConfig, rng: np.random.Ge
     return positions
 
 
-def _cut(photo: np.ndarray, top: int, left: int, flip: bool, size: int) -> np.ndarray:
-    crop = photo[top : top + size, left : left + size]
+def _window(photo: np.ndarray, top: int, left: int, size: int, margin: int) -> tuple[np.ndarray, int, int]:
+    """The context window (side ``size + 2 * margin``, shifted to stay inside the photo) around a crop, and the
+    crop's offset in it. Generators run on windows, not whole photos: the cost follows the number of crops, and
+    crop borders carry the generator's response to real context rather than to padding."""
+    height, width = photo.shape[:2]
+    side_h, side_w = min(size + 2 * margin, height), min(size + 2 * margin, width)
+    y = min(max(top - margin, 0), height - side_h)
+    x = min(max(left - margin, 0), width - side_w)
+    return photo[y : y + side_h, x : x + side_w], top - y, left - x
+
+
+def _cut(image: np.ndarray, top: int, left: int, flip: bool, size: int) -> np.ndarray:
+    crop = image[top : top + size, left : left + size]
     return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
 
 
@@ -339,26 +357,31 @@ def generate_demo_data(
     say(f"fitting generators {', '.join(config.generators)}")
     models = _make_generators(photos, config)
     rng = np.random.default_rng(config.seed)
-    images, labels, generators, splits, names, crop_ids = [], [], [], [], [], []
-
-    def add(image: np.ndarray, label: int, generator: str, source: PhotoSource, crop_id: int) -> None:
-        images.append(image)
-        labels.append(label)
-        generators.append(generator)
-        splits.append(source.split)
-        names.append(source.name)
-        crop_ids.append(crop_id)
-
+    size = config.crop_size
+    images, labels, generators, splits, names, crop_ids, where = [], [], [], [], [], [], []
     for source in sources:
         say(f"cropping {source.name}")
         photo = photos[source.name]
         positions = _crop_positions(photo, config, rng)
-        fakes = {name: _generate(models[name], photo, config.blend_for(name)) for name in config.generators}
-        for crop_id, (top, left, flip) in enumerate(positions):
-            add(_cut(photo, top, left, flip, config.crop_size), 0, REAL, source, crop_id)
-            for name in config.generators:
-                add(_cut(fakes[name], top, left, flip, config.crop_size), 1, name, source, crop_id)
-    return DemoData(np.stack(images), np.array(labels, dtype=np.int64), generators, splits, names, crop_ids)
+        cut = [_window(photo, top, left, size, config.context_margin) for top, left, _ in positions]
+        # Windows of one photo share a shape unless the photo is smaller than a window in some dimension.
+        windows = np.stack([window for window, _, _ in cut])
+        fakes = {
+            name: _generate(models[name], windows, config.blend_for(name), _is_grey(photo))
+            for name in config.generators
+        }
+        for crop_id, ((_, dy, dx), (top, left, flip)) in enumerate(zip(cut, positions)):
+            members = [(_cut(photo, top, left, flip, size), 0, REAL)]
+            members += [(_cut(fakes[name][crop_id], dy, dx, flip, size), 1, name) for name in config.generators]
+            for image, label, generator in members:
+                images.append(image)
+                labels.append(label)
+                generators.append(generator)
+                splits.append(source.split)
+                names.append(source.name)
+                crop_ids.append(crop_id)
+                where.append((top, left, flip))
+    return DemoData(np.stack(images), np.array(labels, dtype=np.int64), generators, splits, names, crop_ids, where)
 
 
 # --- writing --------------------------------------------------------------------------------------------------------
