@@ -21,6 +21,8 @@ FORWARDED: dict[str, tuple[str, str]] = {
     "make-csv": ("spai_hf.make_csv", "build a train/val/test CSV from folders of real and generated images"),
     "train": ("spai_hf.training", "train an SVD residual adapter (use `accelerate launch -m spai_hf.training` "
               "for several processes)"),
+    "make-demo-data": ("spai_hf.demo_data", "build the offline real-vs-synthetic demo dataset from bundled photos"),
+    "demo": ("spai_hf.demo", "run the offline end-to-end demo (data, base, adapters, AUC table)"),
 }
 
 

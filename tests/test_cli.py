@@ -11,7 +11,7 @@ from cli_support import run_cli, write_adapter_metadata
 from spai_hf.cli import main
 
 SUBCOMMANDS = [
-    ["convert"], ["make-csv"], ["train"], ["test"], ["infer"], ["push"],
+    ["convert"], ["make-csv"], ["train"], ["test"], ["infer"], ["push"], ["make-demo-data"], ["demo"],
     ["adapters"], ["adapters", "list"], ["adapters", "add"], ["adapters", "remove"],
 ]
 
