@@ -229,7 +229,7 @@ class Linear(nn.Module, SVDResidualLayer):
             if name not in self.svd_U:
                 continue
             rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=x.device)
-            result = result.index_copy(0, rows, self._add_correction(result[rows], x[rows], name))
+            result.index_copy_(0, rows, self._add_correction(result[rows], x[rows], name))
         return result
 
     def __repr__(self) -> str:
