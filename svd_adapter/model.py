@@ -7,6 +7,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
 from . import fingerprint
@@ -197,7 +198,17 @@ class SVDResidualModel(BaseTuner):
             kwargs["adapter_names"] = _names_per_row(names, x.shape[0], getattr(root, ROW_INDEX_ATTRIBUTE, None))
             return args, kwargs
 
+        def wrapper_pre_forward(module: AuxiliaryTrainingWrapper, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            # Fully trained copies (``modules_to_save``): an adapter without its own copy uses the original module.
+            args, kwargs = pre_forward(module, args, kwargs)
+            if isinstance(module, ModulesToSaveWrapper):
+                own = module.modules_to_save
+                kwargs["adapter_names"] = [n if n in own else BASE_ADAPTER_NAME for n in kwargs["adapter_names"]]
+            return args, kwargs
+
+        wrappers = [m for m in self.model.modules() if isinstance(m, AuxiliaryTrainingWrapper)]
         handles = [layer.register_forward_pre_hook(pre_forward, with_kwargs=True) for layer in layers]
+        handles += [w.register_forward_pre_hook(wrapper_pre_forward, with_kwargs=True) for w in wrappers]
         try:
             yield
         finally:

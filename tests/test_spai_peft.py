@@ -48,3 +48,35 @@ def test_mixed_adapter_rows_match_one_adapter_at_a_time(variant):
     assert (logits_b - logits_a).abs().max() > 1e-4  # 10x the tolerance used below
     mixed = model(pixel_values=images, repeat_per_image=2, adapter_names=["a", "b"] * len(images)).logits
     assert torch.allclose(mixed.view(2, 2), torch.cat([logits_a, logits_b], dim=1), atol=1e-5)
+
+
+def test_mixed_batch_routes_trained_head_copies():
+    """Adapters that also train head Linears (``modules_to_save``): in one mixed batch every row uses its own
+    adapter's copy, the base rows and adapters without a copy use the original head."""
+    torch.manual_seed(0)
+    base = SpaiForImageClassification(SpaiConfig(backbone_config=BACKBONES["vit"], **HEADS)).eval()
+    with torch.no_grad():  # weights large enough that adapters visibly move the logits
+        for name, param in base.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.3 if "query" in name else 0.1)
+    images = [torch.rand(3, 40, 70), torch.rand(3, 32, 32)]
+    base_logits = base(images).logits
+    head = ["classifier.fc2", "classifier.out_proj"]
+    model = get_peft_model(base, SVDResidualConfig(modules_to_save=head), adapter_name="with_head")
+    model.add_adapter("plain", SVDResidualConfig())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "modules_to_save.with_head" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+            elif name.endswith("svd_S.plain"):
+                param.mul_(50.0)
+    model.eval()
+    alone = {}
+    for name in ("with_head", "plain"):
+        model.set_adapter(name)
+        alone[name] = model(pixel_values=images).logits
+        assert (alone[name] - base_logits).abs().max() > 1e-4  # 10x the tolerance used below
+    names = ["__base__", "with_head", "plain"]
+    mixed = model(pixel_values=images, repeat_per_image=3, adapter_names=names * len(images)).logits.view(2, 3)
+    expected = torch.cat([base_logits, alone["with_head"], alone["plain"]], dim=1)
+    torch.testing.assert_close(mixed, expected, atol=1e-5, rtol=0)
