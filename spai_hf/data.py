@@ -1,4 +1,5 @@
-"""Training and evaluation data for SPAI from a CSV (``image,split,class[,generator]``; 0 = real, 1 = AI-generated).
+"""Training and evaluation data for SPAI from a CSV (``image,split,class[,generator][,pair]``; 0 = real, 1 =
+AI-generated).
 
 `load_split` reads the CSV with `datasets`, keeps one split (and optionally one generator), and validates it up front
 (columns, labels, file existence, non-empty) with an error that lists the bad rows by line number. Images are not
@@ -9,7 +10,13 @@ Training transform (SPAI's training inputs are single S x S patches, SPAI_SPEC.m
 (sides shorter than S are padded centred with reflect-101, as the image processor does), random horizontal and
 vertical flips, then optional Gaussian blur, JPEG re-compression and Gaussian noise, each with its own probability.
 All randomness comes from a `torch.Generator` seeded by (seed, epoch, row), so a sample's augmentation does not
-depend on worker count, process count or resumption. Evaluation feeds whole images at their own resolution through
+depend on worker count, process count or resumption.
+
+Aligned pairs (`paired_split`): when fakes are made from real images (reconstructions, re-upsamplings), the optional
+``pair`` column gives a real image and the fakes made from it one shared value. Training on such groups -- every
+member in the same batch, cut and flipped alike -- leaves the generator's trace as the only difference between
+the classes inside a batch, which is what lets a detector trained from scratch find it (the "aligned datasets"
+recipe). Evaluation feeds whole images at their own resolution through
 `SpaiImageProcessor`; `collate` therefore stacks equal-sized images and keeps others in a list.
 """
 
@@ -42,6 +49,7 @@ __all__ = [
     "collate",
     "eval_dataset",
     "load_split",
+    "paired_split",
     "train_dataset",
 ]
 
@@ -99,7 +107,8 @@ def load_split(
     check_images: bool = False,
     cache_dir: str | None = None,
 ) -> datasets.Dataset:
-    """Rows of one split as a `datasets.Dataset` with columns ``image`` (absolute path), ``label`` (0/1), ``line``.
+    """Rows of one split as a `datasets.Dataset` with columns ``image`` (absolute path), ``label`` (0/1), ``line``
+and ``pair`` (the CSV's ``pair`` value, "" when the CSV has no such column).
 
     ``root``: folder that relative paths start from (default: the CSV's folder). ``generator``: keep only rows whose
     ``generator`` column equals it (ignored when the CSV has no such column). ``check_files`` tests that each file
@@ -123,7 +132,8 @@ def load_split(
         raise CsvValidationError(csv_path, f"split {split!r} has no rows (splits present: {', '.join(present)})")
 
     images, classes = _column(table, "image"), _column(table, "class")
-    paths, labels, lines, problems = [], [], [], []
+    pair_keys = _column(table, "pair") if "pair" in table.column_names else [""] * len(images)
+    paths, labels, lines, pairs, problems = [], [], [], [], []
     for i in keep:
         line = i + 2
         text, label = images[i].strip(), classes[i].strip()
@@ -143,13 +153,51 @@ def load_split(
         paths.append(str(path))
         labels.append(int(label) if label in ("0", "1") else -1)
         lines.append(line)
+        pairs.append(pair_keys[i].strip())
     if problems:
         bad_rows = len({line for line, _ in problems})
         raise CsvValidationError(csv_path, f"{bad_rows} bad row(s) in split {split!r}", problems)
     return datasets.Dataset.from_dict(
-        {"image": paths, "label": labels, "line": lines},
+        {"image": paths, "label": labels, "line": lines, "pair": pairs},
         features=datasets.Features(
-            {"image": datasets.Value("string"), "label": datasets.Value("int64"), "line": datasets.Value("int64")}
+            {
+                "image": datasets.Value("string"), "label": datasets.Value("int64"),
+                "line": datasets.Value("int64"), "pair": datasets.Value("string"),
+            }
+        ),
+    )
+
+
+def paired_split(split: datasets.Dataset, csv_path: str | os.PathLike = "<csv>") -> datasets.Dataset:
+    """Group the rows of a `load_split` result by their ``pair`` value: one row per group, with columns ``image``
+    (list of paths: the real image first, then its fakes) and ``label`` (list of 0/1).
+
+    A file listed twice in a group (the same real crop under several generators) counts once. Raises
+    `CsvValidationError` naming the lines of rows without a ``pair`` value and of groups that lack a real or a fake.
+    """
+    groups: dict[str, dict[str, tuple[int, int]]] = {}
+    problems = []
+    for path, label, line, key in zip(split["image"], split["label"], split["line"], split["pair"]):
+        if not key:
+            problems.append((line, "empty pair value (paired training needs the pair column filled in)"))
+            continue
+        groups.setdefault(key, {}).setdefault(path, (label, line))
+    for key, members in groups.items():
+        labels = {label for label, _ in members.values()}
+        if labels != {0, 1}:
+            missing = "fake (1)" if 0 in labels else "real (0)"
+            problems.extend((line, f"pair {key!r} has no {missing} image") for _, line in members.values())
+    if problems:
+        problems.sort()
+        raise CsvValidationError(csv_path, f"{len(problems)} row(s) cannot form aligned pairs", problems)
+    ordered = [sorted(members.items(), key=lambda item: (item[1][0], item[0])) for members in groups.values()]
+    return datasets.Dataset.from_dict(
+        {
+            "image": [[path for path, _ in members] for members in ordered],
+            "label": [[label for _, (label, _) in members] for members in ordered],
+        },
+        features=datasets.Features(
+            {"image": datasets.Sequence(datasets.Value("string")), "label": datasets.Sequence(datasets.Value("int64"))}
         ),
     )
 
@@ -225,7 +273,11 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class TrainTransform:
-    """`datasets` batch transform: paths -> augmented crops; call `set_epoch` at each epoch start."""
+    """`datasets` batch transform: paths -> augmented crops; call `set_epoch` at each epoch start.
+
+    A row whose ``image`` is a list (a `paired_split` group) becomes one (members, 3, S, S) tensor: every member is
+    augmented with the same random draws, so all are cut at the same place and flipped alike.
+    """
 
     def __init__(self, crop_size: int, augmentation: AugmentationConfig | None = None, seed: int = 0):
         self.crop_size = crop_size
@@ -239,11 +291,16 @@ class TrainTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values = []
-        for path, index in zip(batch["image"], batch["index"]):
-            generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
-            pixel_values.append(
-                augment_image(load_image(path), self.crop_size, self.augmentation, generator, self.processor)
-            )
+        for paths, index in zip(batch["image"], batch["index"]):
+            seed = _sample_seed(self.seed, self.epoch, index)
+            crops = [
+                augment_image(
+                    load_image(path), self.crop_size, self.augmentation, torch.Generator().manual_seed(seed),
+                    self.processor,
+                )
+                for path in ([paths] if isinstance(paths, str) else paths)
+            ]
+            pixel_values.append(crops[0] if isinstance(paths, str) else torch.stack(crops))
         return {"pixel_values": pixel_values, "labels": batch["label"]}
 
 
@@ -272,11 +329,17 @@ def eval_dataset(split: datasets.Dataset, processor: SpaiImageProcessor) -> data
 
 def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch ``labels`` (B,) and ``pixel_values``: stacked to (B, 3, H, W) when all images share one size (training
-    crops always do), otherwise a list of (3, H, W) tensors (whole validation images); the model takes both."""
-    pixel_values = [f["pixel_values"] for f in features]
+    crops always do), otherwise a list of (3, H, W) tensors (whole validation images); the model takes both.
+    Aligned groups ((members, 3, S, S) with a list of labels) are laid out member after member."""
+    if features and features[0]["pixel_values"].dim() == 4:
+        pixel_values = [crop for f in features for crop in f["pixel_values"]]
+        labels = [label for f in features for label in f["labels"]]
+    else:
+        pixel_values = [f["pixel_values"] for f in features]
+        labels = [f["labels"] for f in features]
     same_size = len({tuple(p.shape) for p in pixel_values}) == 1
     return {
         # ``labels`` first: Trainer infers the batch size from the first tensor it finds in the batch.
-        "labels": torch.tensor([f["labels"] for f in features], dtype=torch.float32),
+        "labels": torch.tensor(labels, dtype=torch.float32),
         "pixel_values": torch.stack(pixel_values) if same_size else pixel_values,
     }

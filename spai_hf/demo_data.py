@@ -53,8 +53,9 @@ __all__ = [
     "main",
 ]
 
-CSV_COLUMNS = ("image", "split", "class", "generator")
-"""Columns of the training CSV (class 0 = real, 1 = AI-generated)."""
+CSV_COLUMNS = ("image", "split", "class", "generator", "pair")
+"""Columns of the training CSV (class 0 = real, 1 = AI-generated; ``pair`` names the source crop, shared by a real
+crop and the fakes made from it, for aligned-pair training)."""
 
 REAL = "real"
 """`generator` value of real rows."""
@@ -428,7 +429,8 @@ def build_demo_data(
         # The generator column names the balanced real-vs-generator set a row belongs to (the training CSV's
         # convention), so each real crop is listed once per generator.
         names = config.generators if label == 0 else (data.generators[index],)
-        rows.extend((relative, split, label, name) for name in names)
+        pair = f"{data.sources[index]}_{data.crop_ids[index]:04d}"
+        rows.extend((relative, split, label, name, pair) for name in names)
     rows.sort(key=lambda row: (config.generators.index(row[3]), SPLITS.index(row[1]), row[2], row[0]))
     manifest = {
         "config": {**asdict(config), "blend": {g: config.blend_for(g) for g in config.generators}},

@@ -44,6 +44,7 @@ from .data import (
     collate,
     eval_dataset,
     load_split,
+    paired_split,
     train_dataset,
 )
 from .hub import METRICS_FILE, TRAINING_ARGS_FILE
@@ -52,6 +53,7 @@ from .metrics import compute_detection_metrics
 
 __all__ = [
     "HEAD_LAST_LAYERS",
+    "EpochSeeding",
     "SpaiTrainer",
     "TrainingConfig",
     "TrainingResult",
@@ -91,6 +93,13 @@ class TrainingConfig:
     )
     output_dir: str | None = field(default=None, metadata=_opt("output folder (default: adapters/<generator>)"))
     train_split: str = field(default="train", metadata=_opt("split used for training"))
+    paired: bool = field(
+        default=False,
+        metadata=_opt(
+            "train on aligned groups from the CSV's pair column (a real image and the fakes made from it, in the "
+            "same batch, cut and flipped alike); --batch-size then counts groups"
+        ),
+    )
     val_split: str = field(default="val", metadata=_opt("split used for validation and threshold calibration"))
     # adapter
     r: int | float | None = field(
@@ -112,7 +121,9 @@ class TrainingConfig:
     warmup_ratio: float = field(
         default=5 / 35, metadata=_opt("fraction of steps of linear warm-up before cosine decay")
     )
-    batch_size: int = field(default=32, metadata=_opt("training crops per process and step"))
+    batch_size: int = field(
+        default=32, metadata=_opt("training crops (aligned groups with --paired) per process and step")
+    )
     eval_batch_size: int = field(default=8, metadata=_opt("validation images per process and forward"))
     gradient_accumulation_steps: int = field(default=1, metadata=_opt("micro-batches per optimizer step"))
     epochs: float = field(default=10.0, metadata=_opt("training epochs (ignored when --max-steps > 0)"))
@@ -258,7 +269,7 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return compute_detection_metrics(torch.sigmoid(logits).numpy(), labels.numpy())
 
 
-class _EpochSeeding(TrainerCallback):
+class EpochSeeding(TrainerCallback):
     """Tell the training transform the epoch, so augmentations are seeded by (seed, epoch, row)."""
 
     def __init__(self, transform: TrainTransform):
@@ -380,11 +391,14 @@ def train(config: TrainingConfig) -> TrainingResult:
                 "both classes and validation ROC-AUC, which picks the best adapter, is undefined with one"
             )
 
+    if config.paired:
+        splits["train"] = paired_split(splits["train"], config.data)
+
     model = build_model(config)
     patch_size = model.base_model.model.config.patch_size
     transform = TrainTransform(patch_size, config.augmentation(), seed=config.seed)
     processor = SpaiImageProcessor(patch_size=patch_size)
-    callbacks: list[TrainerCallback] = [_EpochSeeding(transform)]
+    callbacks: list[TrainerCallback] = [EpochSeeding(transform)]
     if config.stop_after_steps:
         callbacks.append(_StopAfter(config.stop_after_steps))
     trainer = SpaiTrainer(

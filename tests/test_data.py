@@ -17,6 +17,7 @@ from spai_hf.data import (
     collate,
     eval_dataset,
     load_split,
+    paired_split,
     train_dataset,
 )
 from spai_hf.image_io import ImageLoadError
@@ -214,3 +215,75 @@ def test_collate_keeps_different_sizes_apart(tmp_path, image_dir):
     batch = collate([dataset[i] for i in range(3)])
     assert [tuple(p.shape) for p in batch["pixel_values"]] == [(3, 40, 50), (3, 32, 70), (3, 64, 64)]
     assert batch["labels"].tolist() == [0, 1, 0]
+
+
+@pytest.fixture
+def aligned_dir(tmp_path) -> Path:
+    """Three real images of different sizes and, for each, a "fake" that is its negative (so alignment is checkable)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "aligned"
+    folder.mkdir()
+    for index, (height, width) in enumerate([(40, 50), (64, 48), (36, 36)]):
+        real = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(real).save(folder / f"real{index}.png")
+        Image.fromarray(255 - real).save(folder / f"fake{index}.png")
+    return folder
+
+
+def test_paired_split_groups_real_first_and_counts_a_shared_real_once(tmp_path, aligned_dir):
+    csv_path = _write_csv(
+        tmp_path / "d.csv",
+        [
+            "aligned/fake0.png,train,1,p0", "aligned/real0.png,train,0,p0", "aligned/real0.png,train,0,p0",
+            "aligned/real1.png,train,0,p1", "aligned/fake1.png,train,1,p1", "aligned/real2.png,val,0,p2",
+        ],
+        header="image,split,class,pair",
+    )
+    split = load_split(csv_path, "train")
+    assert split["pair"] == ["p0", "p0", "p0", "p1", "p1"]
+    groups = paired_split(split, csv_path)
+    assert groups["label"] == [[0, 1], [0, 1]]
+    assert [[Path(p).name for p in paths] for paths in groups["image"]] == [
+        ["real0.png", "fake0.png"], ["real1.png", "fake1.png"]
+    ]
+
+
+def test_paired_split_names_unpairable_lines(tmp_path, aligned_dir):
+    csv_path = _write_csv(
+        tmp_path / "d.csv",
+        ["aligned/real0.png,train,0,p0", "aligned/fake0.png,train,1,p0", "aligned/real1.png,train,0,p1",
+         "aligned/fake2.png,train,1,"],
+        header="image,split,class,pair",
+    )
+    with pytest.raises(CsvValidationError) as error:
+        paired_split(load_split(csv_path, "train"), csv_path)
+    assert [line for line, _ in error.value.problems] == [4, 5]
+    assert "pair 'p1' has no fake" in str(error.value) and "empty pair value" in str(error.value)
+    # Without a pair column every row is unpairable.
+    plain = _write_csv(tmp_path / "plain.csv", ["aligned/real0.png,train,0", "aligned/fake0.png,train,1"])
+    with pytest.raises(CsvValidationError, match="cannot form aligned pairs"):
+        paired_split(load_split(plain, "train"), plain)
+
+
+def test_paired_transform_cuts_and_flips_members_alike(tmp_path, aligned_dir):
+    csv_path = _write_csv(
+        tmp_path / "d.csv",
+        [f"aligned/{kind}{i}.png,train,{label},p{i}" for i in range(3) for kind, label in (("real", 0), ("fake", 1))],
+        header="image,split,class,pair",
+    )
+    transform = TrainTransform(S, AugmentationConfig(), seed=3)
+    dataset = train_dataset(paired_split(load_split(csv_path, "train"), csv_path), transform)
+    corners = set()
+    for index in range(3):
+        for epoch in range(4):
+            transform.set_epoch(epoch)
+            row = dataset[index]
+            real, fake = row["pixel_values"]
+            assert row["labels"] == [0, 1]
+            # The fake is the real's negative: same window and flips <=> the crops add up to 1 everywhere.
+            torch.testing.assert_close(real + fake, torch.ones_like(real), atol=1e-6, rtol=0)
+            corners.add((index, float(real[0, 0, 0])))
+    assert len(corners) > 3  # the window and flips do change between epochs
+    batch = collate([dataset[0], dataset[2]])
+    assert batch["pixel_values"].shape == (4, 3, S, S)
+    assert batch["labels"].tolist() == [0, 1, 0, 1]
