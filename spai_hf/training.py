@@ -52,6 +52,7 @@ from .image_processing_spai import SpaiImageProcessor
 from .metrics import compute_detection_metrics
 
 __all__ = [
+    "ALL_LINEAR_TARGETS",
     "HEAD_LAST_LAYERS",
     "EpochSeeding",
     "SpaiTrainer",
@@ -68,6 +69,13 @@ logger = logging.getLogger(__name__)
 
 HEAD_LAST_LAYERS = ("classifier.fc2", "classifier.out_proj")
 """Modules added to PEFT's ``modules_to_save`` by ``--train-head``: the classification head's last two Linears."""
+
+ALL_LINEAR_TARGETS = (
+    r"(.*\.)?(attention\.(q|k|v|o)_proj|self_attn\.(q|k|v|out)_proj|mlp\.fc[12]|projectors\.\d+\.fc[12]"
+    r"|original_branch\.proj[12]\.fc[12]|spectral_context_attention\.to_(kv|out)|classifier\.fc1)"
+)
+"""``--target-modules all-linear``: every Linear of SPAI (backbone attention and MLP, projectors, patch attention,
+first head Linear) except the head's last two, which ``--train-head`` trains in full."""
 
 
 def _rank(text: str) -> int | float:
@@ -108,7 +116,11 @@ class TrainingConfig:
     residual_rank: int | float | None = field(
         default=None, metadata=_opt("trainable residual rank k (default 1 when --r is not given)", type=_rank)
     )
-    target_modules: str | None = field(default=None, metadata=_opt("regex of modules to adapt (default: attention)"))
+    target_modules: str | None = field(
+        default=None,
+        metadata=_opt("regex of modules to adapt, or 'all-linear' (every Linear but the head's last two); "
+                      "default: the backbone's attention linears"),
+    )
     train_head: bool = field(default=False, metadata=_opt(f"also train {', '.join(HEAD_LAST_LAYERS)} in full"))
     modules_to_save: list[str] | None = field(
         default=None, metadata=_opt("further modules trained and saved in full", nargs="+")
@@ -231,7 +243,7 @@ def build_model(config: TrainingConfig):
     adapter_config = SVDResidualConfig(
         r=config.r,
         residual_rank=config.residual_rank,
-        target_modules=config.target_modules,
+        target_modules=ALL_LINEAR_TARGETS if config.target_modules == "all-linear" else config.target_modules,
         modules_to_save=modules_to_save or None,
         orthogonality_weight=config.orthogonality_weight,
         norm_weight=config.norm_weight,

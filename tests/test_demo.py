@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_at_minimal_size(tmp_path, capsys):
 
     summary = json.loads((out / "auc_table.json").read_text())
     rows = summary["auc"]
-    assert set(rows) == {"spectral LR (own gen.)", "base", "svd_bilinear", "svd_autoencoder"}
+    assert set(rows) == {"spectral LR (own gen.)", "base", "svd_bilinear", "svd_deconv"}
     for values in rows.values():
         assert set(values) == {"bilinear", "deconv", "autoencoder"}
         assert all(0.0 <= auc <= 1.0 for auc in values.values())
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_at_minimal_size(tmp_path, capsys):
     with Image.open(out / "auc_table.png") as plot:
         assert plot.format == "PNG" and plot.width > 200
     assert (out / "base" / "config.json").is_file()
-    for name in ("bilinear", "autoencoder"):
+    for name in ("bilinear", "deconv"):
         adapter = out / "adapters" / name
         assert (adapter / "adapter_model.safetensors").is_file()
         assert json.loads((adapter / "metrics.json").read_text())["generator"] == name

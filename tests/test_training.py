@@ -224,3 +224,26 @@ def test_gradient_accumulation_matches_one_big_batch(setup, tmp_path, one_thread
     expected, got = load_file(tmp_path / "big" / ADAPTER_FILE), load_file(tmp_path / "acc" / ADAPTER_FILE)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=0)
+
+
+def test_paired_all_linear_training(setup, tmp_path, one_thread):
+    """--paired trains on (real, fake) groups from the pair column; --target-modules all-linear adapts every Linear
+    except the head's last two."""
+    base, csv = setup
+    lines = csv.read_text().splitlines()
+    paired_csv = tmp_path / "paired.csv"
+    paired_csv.write_text(
+        "\n".join([lines[0] + ",pair"] + [f"{line},p{i // 2}" for i, line in enumerate(lines[1:])]) + "\n"
+    )
+    for index in range(40):  # image paths are relative to the CSV's folder
+        (tmp_path / f"{index}.png").symlink_to(csv.parent / f"{index}.png")
+    output = tmp_path / "run"
+    extra = ("--max-steps", "3", "--eval-steps", "3", "--paired", "--target-modules", "all-linear", "--train-head")
+    assert main(_args(base, paired_csv, output, *extra)) == 0
+    keys = load_file(output / ADAPTER_FILE).keys()
+    for module in ("attention.q_proj", "mlp.fc1", "projectors.0.fc1", "spectral_context_attention.to_kv",
+                   "classifier.fc1", "classifier.out_proj"):
+        assert any(module in key for key in keys), module
+    assert not any("classifier.fc2.svd" in key for key in keys)  # trained in full, not adapted
+    recorded = json.loads((output / "training_args.json").read_text())
+    assert recorded["paired"] is True and recorded["train_rows"] == 14  # 28 training rows -> 14 (real, fake) groups
