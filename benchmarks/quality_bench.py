@@ -50,7 +50,7 @@ from spai_hf.spectral_baseline import cross_generator_auc
 from spai_hf.training import ALL_LINEAR_TARGETS, HEAD_LAST_LAYERS
 from svd_adapter.config import VISION_ATTENTION_TARGETS
 
-DEFAULT_METHODS = ["svd-k1", "svd-k4", "svd-k16", "svd-k4-nohead", "lora-r4", "osf-k4", "full", "head"]
+DEFAULT_METHODS = ["svd-k8-all", "lora-r8-all", "osf-k8-all", "svd-k8-nohead-all", "svd-k4", "full", "head"]
 DEFAULT_LR = {"svd": 2e-3, "lora": 2e-3, "osf": 2e-3, "full": 1e-4, "head": 2e-3}
 _METHOD = re.compile(r"(svd|lora|osf)-[kr](\d+)(-nohead)?(-all)?|full|head")
 

@@ -46,7 +46,7 @@ class DemoConfig:
     num_layers: int = 4
     base_steps: int = 1500
     base_lr: float = 3e-4
-    adapter_steps: int = 300
+    adapter_steps: int = 600
     adapter_lr: float = 2e-3
     residual_rank: int = 8
     target_modules: str = "all-linear"
