@@ -10,14 +10,14 @@ Training transform (SPAI's training inputs are single S x S patches, SPAI_SPEC.m
 (sides shorter than S are padded centred with reflect-101, as the image processor does), random horizontal and
 vertical flips, then optional Gaussian blur, JPEG re-compression and Gaussian noise, each with its own probability.
 All randomness comes from a `torch.Generator` seeded by (seed, epoch, row), so a sample's augmentation does not
-depend on worker count, process count or resumption.
+depend on worker count, process count or resumption. Evaluation feeds whole images at their own resolution through
+`SpaiImageProcessor`; `collate` therefore stacks equal-sized images and keeps others in a list.
 
 Aligned pairs (`paired_split`): when fakes are made from real images (reconstructions, re-upsamplings), the optional
 ``pair`` column gives a real image and the fakes made from it one shared value. Training on such groups -- every
 member in the same batch, cut and flipped alike -- leaves the generator's trace as the only difference between
 the classes inside a batch, which is what lets a detector trained from scratch find it (the "aligned datasets"
-recipe). Evaluation feeds whole images at their own resolution through
-`SpaiImageProcessor`; `collate` therefore stacks equal-sized images and keeps others in a list.
+recipe).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def load_split(
     cache_dir: str | None = None,
 ) -> datasets.Dataset:
     """Rows of one split as a `datasets.Dataset` with columns ``image`` (absolute path), ``label`` (0/1), ``line``
-and ``pair`` (the CSV's ``pair`` value, "" when the CSV has no such column).
+    and ``pair`` (the CSV's ``pair`` value, "" when the CSV has no such column).
 
     ``root``: folder that relative paths start from (default: the CSV's folder). ``generator``: keep only rows whose
     ``generator`` column equals it (ignored when the CSV has no such column). ``check_files`` tests that each file
@@ -291,16 +291,16 @@ class TrainTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values = []
-        for paths, index in zip(batch["image"], batch["index"]):
+        for image, index in zip(batch["image"], batch["index"]):
             seed = _sample_seed(self.seed, self.epoch, index)
             crops = [
                 augment_image(
                     load_image(path), self.crop_size, self.augmentation, torch.Generator().manual_seed(seed),
                     self.processor,
                 )
-                for path in ([paths] if isinstance(paths, str) else paths)
+                for path in ([image] if isinstance(image, str) else image)
             ]
-            pixel_values.append(crops[0] if isinstance(paths, str) else torch.stack(crops))
+            pixel_values.append(crops[0] if isinstance(image, str) else torch.stack(crops))
         return {"pixel_values": pixel_values, "labels": batch["label"]}
 
 
