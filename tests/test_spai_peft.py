@@ -21,14 +21,20 @@ BACKBONES = {
 PROJECTIONS = {"vit": ("q_proj", "k_proj", "v_proj", "o_proj"), "clip": ("q_proj", "k_proj", "v_proj", "out_proj")}
 
 
-@pytest.mark.parametrize("variant", list(BACKBONES))
-def test_mixed_adapter_rows_match_one_adapter_at_a_time(variant):
+def _base_with_visible_adapters(variant: str) -> SpaiForImageClassification:
+    """A seeded tiny SPAI (eval mode) with weights large enough that adapters visibly move the logits."""
     torch.manual_seed(0)
     base = SpaiForImageClassification(SpaiConfig(backbone_config=BACKBONES[variant], **HEADS)).eval()
-    with torch.no_grad():  # weights large enough that adapters visibly move the logits
+    with torch.no_grad():
         for name, param in base.named_parameters():
             if "norm" not in name:
                 param.normal_(0, 0.3 if "query" in name else 0.1)
+    return base
+
+
+@pytest.mark.parametrize("variant", list(BACKBONES))
+def test_mixed_adapter_rows_match_one_adapter_at_a_time(variant):
+    base = _base_with_visible_adapters(variant)
     images = [torch.rand(3, 40, 70), torch.rand(3, 32, 32)]
     base_logits = base(images).logits
     model = get_peft_model(base, SVDResidualConfig(), adapter_name="a")
@@ -53,12 +59,7 @@ def test_mixed_adapter_rows_match_one_adapter_at_a_time(variant):
 def test_mixed_batch_routes_trained_head_copies():
     """Adapters that also train head Linears (``modules_to_save``): in one mixed batch every row uses its own
     adapter's copy, the base rows and adapters without a copy use the original head."""
-    torch.manual_seed(0)
-    base = SpaiForImageClassification(SpaiConfig(backbone_config=BACKBONES["vit"], **HEADS)).eval()
-    with torch.no_grad():  # weights large enough that adapters visibly move the logits
-        for name, param in base.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.3 if "query" in name else 0.1)
+    base = _base_with_visible_adapters("vit")
     images = [torch.rand(3, 40, 70), torch.rand(3, 32, 32)]
     base_logits = base(images).logits
     head = ["classifier.fc2", "classifier.out_proj"]
